@@ -1,0 +1,219 @@
+package stream
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"runtime"
+)
+
+// HKDF info labels. Each is followed by the header prefix (magic, version,
+// algorithm, chunk size) so that the derived keys and the commitment bind the
+// stream's parameters.
+const (
+	labelChunkKey   = "kpcrypt stream v1 chunk key"
+	labelNonceBase  = "kpcrypt stream v1 nonce base"
+	labelCommitment = "kpcrypt stream v1 key commitment"
+)
+
+const nonceSize = 12
+
+type derivedKeys struct {
+	chunkKey   [32]byte
+	nonceBase  [nonceSize]byte
+	commitment [CommitmentSize]byte
+}
+
+// deriveKeys computes the per-stream keys of FORMAT.md §2.
+func deriveKeys(dek []byte, h *Header) (*derivedKeys, error) {
+	if len(dek) != KeySize {
+		return nil, fmt.Errorf("stream: data key is %d bytes, want %d", len(dek), KeySize)
+	}
+	enc, err := h.AppendBinary(make([]byte, 0, HeaderSize))
+	if err != nil {
+		return nil, err
+	}
+	prefix := string(enc[:prefixSize])
+	prk, err := hkdf.Extract(sha256.New, dek, h.Salt[:])
+	if err != nil {
+		return nil, err
+	}
+	var ks derivedKeys
+	for _, d := range []struct {
+		label string
+		out   []byte
+	}{
+		{labelChunkKey, ks.chunkKey[:]},
+		{labelNonceBase, ks.nonceBase[:]},
+		{labelCommitment, ks.commitment[:]},
+	} {
+		k, err := hkdf.Expand(sha256.New, prk, d.label+prefix, len(d.out))
+		if err != nil {
+			return nil, err
+		}
+		copy(d.out, k)
+		clear(k)
+	}
+	clear(prk)
+	return &ks, nil
+}
+
+// Cipher holds the keys of one stream. It is safe for concurrent use, and
+// any number of readers may share it.
+type Cipher struct {
+	header    Header
+	aead      cipher.AEAD
+	nonceBase [nonceSize]byte
+	// maxChunks is MaxChunks outside tests.
+	maxChunks uint64
+}
+
+// NewCipher derives the keys of the stream described by h from dek, and
+// checks the header's commitment before anything else: a wrong key or a
+// modified header fails with [ErrKeyCommitment].
+func NewCipher(dek []byte, h Header) (*Cipher, error) {
+	ks, err := deriveKeys(dek, &h)
+	if err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare(ks.commitment[:], h.Commitment[:]) != 1 {
+		return nil, ErrKeyCommitment
+	}
+	block, err := aes.NewCipher(ks.chunkKey[:])
+	clear(ks.chunkKey[:])
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	return &Cipher{header: h, aead: aead, nonceBase: ks.nonceBase, maxChunks: MaxChunks}, nil
+}
+
+// Header returns the header the cipher was made from.
+func (c *Cipher) Header() Header { return c.header }
+
+// nonce computes the nonce of chunk index: the nonce base XORed with three
+// zero bytes, the index as a big-endian uint64, and the final flag.
+func (c *Cipher) nonce(n *[nonceSize]byte, index uint64, final bool) {
+	*n = c.nonceBase
+	var x [8]byte
+	binary.BigEndian.PutUint64(x[:], index)
+	for i, b := range x {
+		n[3+i] ^= b
+	}
+	if final {
+		n[11] ^= 1
+	}
+}
+
+// seal encrypts plaintext as chunk index and appends it to dst.
+func (c *Cipher) seal(dst, plaintext []byte, index uint64, final bool) []byte {
+	var n [nonceSize]byte
+	c.nonce(&n, index, final)
+	return c.aead.Seal(dst, n[:], plaintext, nil)
+}
+
+// open decrypts ciphertext as chunk index and appends the plaintext to dst.
+// dst may be ciphertext[:0]. On failure nothing is appended to dst.
+func (c *Cipher) open(dst, ciphertext []byte, index uint64, final bool) ([]byte, error) {
+	if final && len(ciphertext) > c.header.ChunkSize+TagSize-1 || !final && len(ciphertext) != c.header.ChunkSize+TagSize {
+		return nil, &ChunkError{Index: index, Err: ErrAuthentication}
+	}
+	var n [nonceSize]byte
+	c.nonce(&n, index, final)
+	out, err := c.aead.Open(dst, n[:], ciphertext, nil)
+	if err != nil {
+		return nil, &ChunkError{Index: index, Err: ErrAuthentication}
+	}
+	return out, nil
+}
+
+// Options tunes writers and readers. The zero value is ready to use.
+type Options struct {
+	// ChunkSize is the plaintext size of a chunk for [NewEncryptWriter]. Zero
+	// means [DefaultChunkSize]. Readers take the size from the header.
+	ChunkSize int
+	// Workers is the number of goroutines that seal or open chunks. Zero
+	// means runtime.GOMAXPROCS(0). One gives the smallest footprint: a single
+	// chunk buffer and no goroutine.
+	Workers int
+}
+
+func (o *Options) workers() int {
+	if o == nil || o.Workers <= 0 {
+		return runtime.GOMAXPROCS(0)
+	}
+	return o.Workers
+}
+
+func (o *Options) chunkSize() int {
+	if o == nil {
+		return 0
+	}
+	return o.ChunkSize
+}
+
+// NewEncryptWriter writes a new stream header to dst and returns a Writer
+// that encrypts into dst what is written to it. Close must be called to write
+// the final chunk; it does not close dst.
+func NewEncryptWriter(dst io.Writer, dek []byte, opts *Options) (*Writer, error) {
+	h, err := NewHeader(dek, opts.chunkSize())
+	if err != nil {
+		return nil, err
+	}
+	c, err := NewCipher(dek, h)
+	if err != nil {
+		return nil, err
+	}
+	enc, err := h.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dst.Write(enc); err != nil {
+		return nil, err
+	}
+	return c.NewWriter(dst, opts), nil
+}
+
+// NewDecryptReader reads a stream header from src, checks its commitment
+// against dek, and returns a Reader of the plaintext.
+func NewDecryptReader(src io.Reader, dek []byte, opts *Options) (*Reader, error) {
+	h, err := ReadHeader(src)
+	if err != nil {
+		return nil, err
+	}
+	c, err := NewCipher(dek, h)
+	if err != nil {
+		return nil, err
+	}
+	return c.NewReader(src, opts), nil
+}
+
+// NewDecryptReaderAt reads the header of the size-byte stream in src, checks
+// its commitment against dek, authenticates the final chunk, and returns a
+// random-access reader of the plaintext.
+func NewDecryptReaderAt(src io.ReaderAt, size int64, dek []byte) (*ReaderAt, error) {
+	var buf [HeaderSize]byte
+	if size < HeaderSize {
+		return nil, &HeaderError{Reason: fmt.Sprintf("stream is %d bytes, shorter than the %d-byte header", size, HeaderSize)}
+	}
+	if _, err := src.ReadAt(buf[:], 0); err != nil {
+		return nil, fmt.Errorf("stream: reading header: %w", err)
+	}
+	var h Header
+	if err := h.UnmarshalBinary(buf[:]); err != nil {
+		return nil, err
+	}
+	c, err := NewCipher(dek, h)
+	if err != nil {
+		return nil, err
+	}
+	return c.NewReaderAt(io.NewSectionReader(src, HeaderSize, size-HeaderSize), size-HeaderSize)
+}

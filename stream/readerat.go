@@ -1,0 +1,142 @@
+package stream
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+)
+
+// ReaderAt decrypts a stream body at random offsets: a read opens only the
+// chunks it touches. It authenticates the final chunk when it is created, so
+// the plaintext size it reports is authenticated and a truncated stream is
+// refused at once. ReadAt is safe for concurrent use; Read and Seek share an
+// offset and are safe too, though concurrent callers of Read see an
+// unspecified interleaving.
+type ReaderAt struct {
+	c        *Cipher
+	src      io.ReaderAt
+	bodySize int64
+	size     int64 // plaintext size
+	chunks   int64
+
+	// last caches the most recently opened chunk.
+	last atomic.Pointer[openedChunk]
+
+	mu  sync.Mutex
+	pos int64 // offset for Read and Seek
+}
+
+type openedChunk struct {
+	index     int64
+	plaintext []byte
+}
+
+// NewReaderAt returns a random-access reader of the stream body held in the
+// first bodySize bytes of src (the chunks, without the header). It opens the
+// final chunk before returning.
+func (c *Cipher) NewReaderAt(src io.ReaderAt, bodySize int64) (*ReaderAt, error) {
+	size, chunks, err := c.header.layout(bodySize)
+	if err != nil {
+		return nil, err
+	}
+	if chunks > int64(c.maxChunks) {
+		return nil, ErrTooLong
+	}
+	r := &ReaderAt{c: c, src: src, bodySize: bodySize, size: size, chunks: chunks}
+	if _, err := r.chunk(chunks - 1); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Size returns the plaintext size, authenticated by the final chunk.
+func (r *ReaderAt) Size() int64 { return r.size }
+
+// chunk returns the plaintext of chunk i, opening it if it is not cached.
+func (r *ReaderAt) chunk(i int64) ([]byte, error) {
+	if oc := r.last.Load(); oc != nil && oc.index == i {
+		return oc.plaintext, nil
+	}
+	full := int64(r.c.header.ChunkSize) + TagSize
+	off := i * full
+	final := i == r.chunks-1
+	n := full
+	if final {
+		n = r.bodySize - off
+	}
+	buf := make([]byte, n)
+	if k, err := r.src.ReadAt(buf, off); k < len(buf) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = &ChunkError{Index: uint64(i), Err: ErrTruncated}
+		}
+		return nil, fmt.Errorf("stream: reading chunk %d: %w", i, err)
+	}
+	pt, err := r.c.open(buf[:0], buf, uint64(i), final)
+	if err != nil {
+		return nil, err
+	}
+	r.last.Store(&openedChunk{index: i, plaintext: pt})
+	return pt, nil
+}
+
+// ReadAt reads len(p) bytes of plaintext starting at offset off. It
+// implements [io.ReaderAt].
+func (r *ReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("stream: negative offset %d", off)
+	}
+	cs := int64(r.c.header.ChunkSize)
+	n := 0
+	for n < len(p) && off < r.size {
+		i := off / cs
+		pt, err := r.chunk(i)
+		if err != nil {
+			return n, err
+		}
+		k := copy(p[n:], pt[off-i*cs:])
+		n += k
+		off += int64(k)
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// Read reads plaintext from the current offset. It implements [io.Reader].
+func (r *ReaderAt) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pos >= r.size {
+		return 0, io.EOF
+	}
+	n, err := r.ReadAt(p, r.pos)
+	r.pos += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+// Seek sets the offset of the next Read. It implements [io.Seeker]. Seeking
+// past the end is allowed; reads there return io.EOF.
+func (r *ReaderAt) Seek(offset int64, whence int) (int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.pos
+	case io.SeekEnd:
+		offset += r.size
+	default:
+		return 0, fmt.Errorf("stream: invalid whence %d", whence)
+	}
+	if offset < 0 {
+		return 0, fmt.Errorf("stream: seek to negative offset %d", offset)
+	}
+	r.pos = offset
+	return offset, nil
+}
