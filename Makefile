@@ -1,0 +1,44 @@
+# kpcrypt. `make demo` runs the main job on an embedded default; `make test`
+# runs every test. See README.md.
+
+GO       ?= go
+FUZZTIME ?= 30s
+# Modules kept apart so that their dependencies never reach the library's.
+SUBMODULES := $(wildcard interop/go.mod benchmarks/go.mod)
+
+.PHONY: all build test test-short demo bench fuzz vectors vet clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+test: vet
+	$(GO) test -race -count=1 ./...
+	@for m in $(dir $(SUBMODULES)); do \
+		echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; \
+	done
+
+test-short:
+	$(GO) test -short -count=1 ./...
+
+demo:
+	$(GO) test -count=1 -run '^Example$$' -v ./stream/
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./stream/
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecrypt$$' -fuzztime $(FUZZTIME) ./stream/
+
+# Regenerate the test vectors after a deliberate format change (and update
+# FORMAT.md in the same commit).
+vectors:
+	$(GO) test -count=1 ./stream -run '^TestVectors$$' -update
+
+clean:
+	rm -rf bin
