@@ -1,0 +1,224 @@
+// Package local implements a KEK held in a local key file, for development
+// and tests. The file holds a Tink AEAD keyset (AES-256-GCM keys) in Tink's
+// JSON form, so that a local KEK has versions the way a KMS key does: Rotate
+// adds a new primary key, and DEKs wrapped by older keys still unwrap. A key
+// version is the decimal Tink key ID.
+//
+// The key file is secret: Open refuses one that group or others may read.
+// Its URI is "local:" followed by its path.
+package local
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/tink-crypto/tink-go/v2/aead"
+	"github.com/tink-crypto/tink-go/v2/insecurecleartextkeyset"
+	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
+	"github.com/kpcrypt/kpcrypt/kms"
+)
+
+// Scheme is the URI scheme of local KEKs.
+const Scheme = "local"
+
+// maxFileSize bounds the key file read.
+const maxFileSize = 1 << 20
+
+// ErrInsecureFile means the key file may be read by others than its owner.
+var ErrInsecureFile = errors.New("key file is readable by group or others")
+
+// KEK is a local KEK. It is safe for concurrent use.
+type KEK struct {
+	uri  string
+	path string
+
+	mu      sync.RWMutex
+	handle  *keyset.Handle
+	aead    tink.AEAD
+	primary uint32
+}
+
+var (
+	_ kms.Rotator         = (*KEK)(nil)
+	_ kms.VersionReporter = (*KEK)(nil)
+)
+
+// Open opens the local KEK named by uri ("local:PATH"). It has the signature
+// of a [kms.OpenFunc].
+func Open(ctx context.Context, uri string) (kms.KEK, error) {
+	path, ok := strings.CutPrefix(uri, Scheme+":")
+	if !ok || path == "" {
+		return nil, &kms.Error{Op: "open", URI: uri, Err: fmt.Errorf("%w: want local:PATH", kms.ErrInvalidURI)}
+	}
+	return OpenFile(path)
+}
+
+// OpenFile opens the key file at path.
+func OpenFile(path string) (*KEK, error) {
+	uri := Scheme + ":" + path
+	fail := func(err error) (*KEK, error) { return nil, &kms.Error{Op: "open", URI: uri, Err: err} }
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fail(fmt.Errorf("%w: %v", kms.ErrNotFound, err))
+		}
+		return fail(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fail(err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fail(fmt.Errorf("%s is not a regular file", path))
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fail(fmt.Errorf("%w: %s has mode %04o; run chmod 600 %s", ErrInsecureFile, path, perm, path))
+	}
+	if fi.Size() > maxFileSize {
+		return fail(fmt.Errorf("%s is %d bytes, over the %d-byte limit for a key file", path, fi.Size(), maxFileSize))
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fail(err)
+	}
+	h, err := insecurecleartextkeyset.Read(keyset.NewJSONReader(bytes.NewReader(data)))
+	if err != nil {
+		// Tink's parse errors do not echo key material.
+		return fail(fmt.Errorf("%s is not a Tink JSON keyset: %v", path, err))
+	}
+	k := &KEK{uri: uri, path: path}
+	if err := k.setHandle(h); err != nil {
+		return fail(err)
+	}
+	return k, nil
+}
+
+// Generate creates a key file at path holding one new AES-256-GCM key, with
+// mode 0600. It fails if path exists.
+func Generate(path string) (*KEK, error) {
+	uri := Scheme + ":" + path
+	h, err := keyset.NewHandle(aead.AES256GCMKeyTemplate())
+	if err != nil {
+		return nil, &kms.Error{Op: "generate", URI: uri, Err: err}
+	}
+	k := &KEK{uri: uri, path: path}
+	if err := k.setHandle(h); err != nil {
+		return nil, &kms.Error{Op: "generate", URI: uri, Err: err}
+	}
+	if err := k.save(h, false); err != nil {
+		return nil, &kms.Error{Op: "generate", URI: uri, Err: err}
+	}
+	return k, nil
+}
+
+func (k *KEK) setHandle(h *keyset.Handle) error {
+	a, err := aead.New(h)
+	if err != nil {
+		return fmt.Errorf("keyset is not an AEAD keyset: %v", err)
+	}
+	info := h.KeysetInfo()
+	k.mu.Lock()
+	k.handle, k.aead, k.primary = h, a, info.GetPrimaryKeyId()
+	k.mu.Unlock()
+	return nil
+}
+
+func (k *KEK) save(h *keyset.Handle, overwrite bool) error {
+	var buf bytes.Buffer
+	if err := insecurecleartextkeyset.Write(h, keyset.NewJSONWriter(&buf)); err != nil {
+		return err
+	}
+	defer clear(buf.Bytes())
+	return atomicfile.WriteFile(k.path, buf.Bytes(), 0o600, overwrite)
+}
+
+// URI returns "local:" and the key file's path.
+func (k *KEK) URI() string { return k.uri }
+
+// Wrap wraps dek under the primary key.
+func (k *KEK) Wrap(ctx context.Context, dek, aad []byte) (kms.WrappedKey, error) {
+	k.mu.RLock()
+	a, primary := k.aead, k.primary
+	k.mu.RUnlock()
+	ct, err := a.Encrypt(dek, aad)
+	if err != nil {
+		return kms.WrappedKey{}, &kms.Error{Op: "wrap", URI: k.uri, Err: err}
+	}
+	return kms.WrappedKey{Ciphertext: ct, KeyVersion: version(primary)}, nil
+}
+
+// Unwrap unwraps a DEK wrapped by any key of the keyset. The version
+// reported is the ID of the key that wrapped it.
+func (k *KEK) Unwrap(ctx context.Context, wrapped, aad []byte) (kms.UnwrapResult, error) {
+	k.mu.RLock()
+	a := k.aead
+	k.mu.RUnlock()
+	dek, err := a.Decrypt(wrapped, aad)
+	if err != nil {
+		return kms.UnwrapResult{}, &kms.Error{Op: "unwrap", URI: k.uri, Err: kms.ErrWrongKey}
+	}
+	// Tink's output prefix: 0x01 then the key ID, big-endian.
+	var v string
+	if len(wrapped) >= 5 && wrapped[0] == 1 {
+		v = version(binary.BigEndian.Uint32(wrapped[1:5]))
+	}
+	return kms.UnwrapResult{DEK: dek, KeyVersion: v}, nil
+}
+
+// CurrentVersion returns the ID of the primary key.
+func (k *KEK) CurrentVersion(context.Context) (string, error) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return version(k.primary), nil
+}
+
+// Versions returns the IDs of every key in the keyset, in keyset order.
+func (k *KEK) Versions() []string {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	var vs []string
+	for _, ki := range k.handle.KeysetInfo().GetKeyInfo() {
+		vs = append(vs, version(ki.GetKeyId()))
+	}
+	return vs
+}
+
+// Rotate adds a new AES-256-GCM key to the keyset, makes it primary, and
+// rewrites the key file atomically. It returns the new version.
+func (k *KEK) Rotate(context.Context) (string, error) {
+	k.mu.RLock()
+	m := keyset.NewManagerFromHandle(k.handle)
+	k.mu.RUnlock()
+	fail := func(err error) (string, error) { return "", &kms.Error{Op: "rotate", URI: k.uri, Err: err} }
+	id, err := m.Add(aead.AES256GCMKeyTemplate())
+	if err != nil {
+		return fail(err)
+	}
+	if err := m.SetPrimary(id); err != nil {
+		return fail(err)
+	}
+	h, err := m.Handle()
+	if err != nil {
+		return fail(err)
+	}
+	if err := k.save(h, true); err != nil {
+		return fail(err)
+	}
+	if err := k.setHandle(h); err != nil {
+		return fail(err)
+	}
+	return version(id), nil
+}
+
+func version(id uint32) string { return strconv.FormatUint(uint64(id), 10) }
