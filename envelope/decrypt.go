@@ -1,0 +1,290 @@
+package envelope
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/stream"
+)
+
+// Decrypter decrypts files. Set the fields before first use; then it is safe
+// for concurrent use.
+type Decrypter struct {
+	// Keyring finds the KEKs to try on each key slot.
+	Keyring Keyring
+	// Workers is the number of goroutines that open chunks; zero means
+	// GOMAXPROCS.
+	Workers int
+	// Context, when set, lists key/value pairs that the file's encryption
+	// context must hold; a file without them fails with
+	// [ErrContextMismatch] before any KEK is called.
+	Context map[string]string
+}
+
+// OpenedSlot tells which key slot opened a file.
+type OpenedSlot struct {
+	// Index is the slot's position in the slot table.
+	Index int
+	// URI is the slot's KEK URI.
+	URI string
+	// KeyVersion is the key version recorded in the slot.
+	KeyVersion string
+	// Rewrapped is set when the KMS wrapped the DEK again under a newer key
+	// version while unwrapping it. Rewriting the slot with it (see the
+	// rewrap tools) moves the file to that version.
+	Rewrapped *kms.WrappedKey
+}
+
+// Decrypt decrypts src into dst with the KEKs of keyring. Plaintext reaches
+// dst chunk by chunk, each after it authenticated; on an error, what was
+// written before it is authentic but incomplete.
+func Decrypt(ctx context.Context, dst io.Writer, src io.Reader, keyring Keyring) error {
+	return (&Decrypter{Keyring: keyring}).Decrypt(ctx, dst, src)
+}
+
+// Open decrypts a whole file held in memory. It returns no plaintext unless
+// all of it authenticated.
+func Open(ctx context.Context, ciphertext []byte, keyring Keyring) ([]byte, error) {
+	return (&Decrypter{Keyring: keyring}).Open(ctx, ciphertext)
+}
+
+// NewReader reads the header from src, opens a key slot with keyring, and
+// returns a Reader of the plaintext.
+func NewReader(ctx context.Context, src io.Reader, keyring Keyring) (*Reader, error) {
+	return (&Decrypter{Keyring: keyring}).NewReader(ctx, src)
+}
+
+// NewReaderAt opens the size-byte file in src for reading at random offsets.
+func NewReaderAt(ctx context.Context, src io.ReaderAt, size int64, keyring Keyring) (*ReaderAt, error) {
+	return (&Decrypter{Keyring: keyring}).NewReaderAt(ctx, src, size)
+}
+
+// Decrypt decrypts src into dst; see the function [Decrypt].
+func (d *Decrypter) Decrypt(ctx context.Context, dst io.Writer, src io.Reader) error {
+	r, err := d.NewReader(ctx, src)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = io.Copy(dst, r)
+	return err
+}
+
+// Open decrypts a whole file held in memory; see the function [Open].
+func (d *Decrypter) Open(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	r, err := d.NewReader(ctx, bytes.NewReader(ciphertext))
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var out bytes.Buffer
+	if _, err := io.Copy(&out, r); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+// NewReader returns a Reader of the plaintext of the file read from src.
+func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, error) {
+	h, err := format.ReadHeader(src)
+	if err != nil {
+		return nil, err
+	}
+	c, slot, err := d.openHeader(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: src}
+	body := src
+	if r.size >= 0 {
+		bodySize, err := h.Core.Stream.BodySize(r.size)
+		if err != nil {
+			return nil, err
+		}
+		// Read no further than the body, to tell trailing data apart.
+		body = io.LimitReader(src, bodySize)
+		r.checkTrailing = true
+	}
+	r.sr = c.NewReader(body, &stream.Options{Workers: d.Workers})
+	return r, nil
+}
+
+// NewReaderAt opens the size-byte file in src for reading at random offsets.
+// It authenticates the final chunk before it returns.
+func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64) (*ReaderAt, error) {
+	h, err := format.ReadHeader(io.NewSectionReader(src, 0, size))
+	if err != nil {
+		return nil, err
+	}
+	c, slot, err := d.openHeader(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	bodySize := size - h.Size()
+	if want := h.Core.PlaintextSize; want >= 0 {
+		expected, err := h.Core.Stream.BodySize(want)
+		if err != nil {
+			return nil, err
+		}
+		if bodySize > expected {
+			return nil, fmt.Errorf("envelope: %w: %d bytes after the body", ErrTrailingData, bodySize-expected)
+		}
+	}
+	sra, err := c.NewReaderAt(io.NewSectionReader(src, h.Size(), bodySize), bodySize)
+	if err != nil {
+		return nil, err
+	}
+	if want := h.Core.PlaintextSize; want >= 0 && sra.Size() != want {
+		return nil, fmt.Errorf("envelope: %w: the body holds %d bytes, the header says %d", ErrSizeMismatch, sra.Size(), want)
+	}
+	return &ReaderAt{ReaderAt: sra, slot: slot}, nil
+}
+
+// openHeader checks the context, then tries the keyring's KEKs on each slot
+// until one unwraps the DEK, and authenticates the header with it.
+func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.Cipher, *OpenedSlot, error) {
+	if err := checkContext(h.Core.Context, d.Context); err != nil {
+		return nil, nil, err
+	}
+	if d.Keyring == nil {
+		return nil, nil, errors.New("envelope: no keyring to open the file with")
+	}
+	table := h.Table()
+	noKEK := &NoKEKError{Slots: len(table.Slots)}
+	for i, slot := range table.Slots {
+		noKEK.URIs = append(noKEK.URIs, slot.URI)
+		keks, err := d.Keyring.KEKsFor(ctx, slot.URI)
+		if err != nil {
+			noKEK.Errors = append(noKEK.Errors, err)
+		}
+		aad := slotAAD(h.CoreBytes, slot.URI)
+		for _, kek := range keks {
+			res, err := kek.Unwrap(ctx, slot.Wrapped, aad)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, nil, err
+				}
+				noKEK.Errors = append(noKEK.Errors, err)
+				continue
+			}
+			// The KEK authenticated the slot: from here on a failure means
+			// a modified header, not a wrong key.
+			c, err := authenticate(h, &slot, res)
+			clear(res.DEK)
+			if err != nil {
+				return nil, nil, err
+			}
+			return c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion, Rewrapped: res.Rewrapped}, nil
+		}
+	}
+	return nil, nil, noKEK
+}
+
+// authenticate checks an unwrapped DEK against the header: the slot's
+// recorded key version, the core's MAC and the stream's key commitment.
+func authenticate(h *format.Header, slot *format.Slot, res kms.UnwrapResult) (*stream.Cipher, error) {
+	if res.KeyVersion != "" && res.KeyVersion != slot.KeyVersion {
+		return nil, fmt.Errorf("envelope: %w: the slot for %s records key version %q, but version %q wrapped its key",
+			ErrHeaderAuthentication, slot.URI, slot.KeyVersion, res.KeyVersion)
+	}
+	mac, err := headerMAC(res.DEK, h.Core)
+	if err != nil {
+		return nil, err
+	}
+	if !hmac.Equal(mac[:], h.Core.MAC[:]) {
+		return nil, fmt.Errorf("envelope: %w: the core's MAC does not match", ErrHeaderAuthentication)
+	}
+	return stream.NewCipher(res.DEK, h.Core.Stream)
+}
+
+func checkContext(have []format.Pair, want map[string]string) error {
+	for k, v := range want {
+		found := false
+		for _, p := range have {
+			if p.Key == k {
+				if p.Value != v {
+					return fmt.Errorf("envelope: %w: %s is %q, want %q", ErrContextMismatch, k, p.Value, v)
+				}
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("envelope: %w: the file has no %s", ErrContextMismatch, k)
+		}
+	}
+	return nil
+}
+
+// Reader decrypts a file read in order. It releases plaintext only after
+// its chunk authenticated, and reports io.EOF only after the final chunk
+// did. Call Close when done, to stop its goroutines.
+type Reader struct {
+	sr            *stream.Reader
+	src           io.Reader
+	slot          *OpenedSlot
+	size          int64 // plaintext size from the header, or -1
+	n             int64
+	checkTrailing bool
+	end           error // the outcome at the end of the stream, once known
+}
+
+// Slot tells which key slot opened the file.
+func (r *Reader) Slot() OpenedSlot { return *r.slot }
+
+// Read reads plaintext into p.
+func (r *Reader) Read(p []byte) (int, error) {
+	n, err := r.sr.Read(p)
+	r.n += int64(n)
+	if err == io.EOF {
+		err = r.atEOF()
+	}
+	return n, err
+}
+
+// WriteTo writes the plaintext to w. It implements [io.WriterTo].
+func (r *Reader) WriteTo(w io.Writer) (int64, error) {
+	n, err := r.sr.WriteTo(w)
+	r.n += n
+	if err == nil {
+		if err = r.atEOF(); err == io.EOF {
+			err = nil
+		}
+	}
+	return n, err
+}
+
+// atEOF runs when the stream has authenticated its final chunk.
+func (r *Reader) atEOF() error {
+	if r.end != nil {
+		return r.end
+	}
+	r.end = io.EOF
+	if r.size >= 0 && r.n != r.size {
+		r.end = fmt.Errorf("envelope: %w: %d bytes decrypted, the header says %d", ErrSizeMismatch, r.n, r.size)
+	} else if r.checkTrailing {
+		var b [1]byte
+		if n, _ := io.ReadFull(r.src, b[:]); n > 0 {
+			r.end = fmt.Errorf("envelope: %w", ErrTrailingData)
+		}
+	}
+	return r.end
+}
+
+// Close stops the Reader's goroutines. It does not close the source.
+func (r *Reader) Close() error { return r.sr.Close() }
+
+// ReaderAt reads a file's plaintext at random offsets. It implements
+// io.ReaderAt, io.Reader and io.Seeker; Size returns the plaintext size.
+type ReaderAt struct {
+	*stream.ReaderAt
+	slot *OpenedSlot
+}
+
+// Slot tells which key slot opened the file.
+func (r *ReaderAt) Slot() OpenedSlot { return *r.slot }

@@ -1,0 +1,274 @@
+package envelope
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"sync"
+
+	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/stream"
+)
+
+// Limits of the header, enforced on encryption and on decryption.
+const (
+	// MaxSlots is the most key slots a file may have.
+	MaxSlots = format.MaxSlots
+	// DefaultSlotTableSize is the size of each slot table copy unless
+	// Encrypter.SlotTableSize says otherwise: room for about six Key Protect
+	// slots.
+	DefaultSlotTableSize = format.DefaultSlotTableSize
+	// MinSlotTableSize and MaxSlotTableSize bound Encrypter.SlotTableSize.
+	MinSlotTableSize = format.MinSlotTableSize
+	MaxSlotTableSize = format.MaxSlotTableSize
+	// MaxHeaderSize bounds the whole header.
+	MaxHeaderSize = format.MaxHeaderSize
+)
+
+// UnknownSize is the plaintext size to give [Encrypter.NewWriter] when it is
+// not known in advance.
+const UnknownSize = -1
+
+// Encrypter encrypts files and streams under its KEKs. Set the fields before
+// first use; then it is safe for concurrent use. Each file gets a fresh DEK.
+type Encrypter struct {
+	// KEKs wrap each file's DEK, one key slot each. At least one is needed;
+	// any one of them opens the file.
+	KEKs []kms.KEK
+	// ChunkSize is the plaintext size of a chunk; zero means
+	// [stream.DefaultChunkSize] (64 KiB).
+	ChunkSize int
+	// Workers is the number of goroutines that seal chunks; zero means
+	// GOMAXPROCS.
+	Workers int
+	// SlotTableSize is the size of each of the two slot table copies; zero
+	// means [DefaultSlotTableSize]. A larger table leaves room for more
+	// slots to be added later without rewriting the file.
+	SlotTableSize int
+	// Context is the encryption context: key/value pairs stored in the
+	// header, authenticated, and bound into the data given to the KEKs.
+	// It is not secret.
+	Context map[string]string
+}
+
+// Encrypt encrypts src into dst under keks, each wrapping the file's DEK.
+func Encrypt(ctx context.Context, dst io.Writer, src io.Reader, keks ...kms.KEK) error {
+	return (&Encrypter{KEKs: keks}).Encrypt(ctx, dst, src)
+}
+
+// Seal encrypts a small plaintext under keks and returns the whole file.
+func Seal(ctx context.Context, plaintext []byte, keks ...kms.KEK) ([]byte, error) {
+	return (&Encrypter{KEKs: keks}).Seal(ctx, plaintext)
+}
+
+// Encrypt encrypts src into dst. When src is a regular file its size is
+// recorded in the header.
+func (e *Encrypter) Encrypt(ctx context.Context, dst io.Writer, src io.Reader) error {
+	size := int64(UnknownSize)
+	if f, ok := src.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			if off, err := f.Seek(0, io.SeekCurrent); err == nil {
+				size = fi.Size() - off
+			}
+		}
+	}
+	w, err := e.NewWriter(ctx, dst, size)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, src); err != nil {
+		w.Close()
+		return err
+	}
+	return w.Close()
+}
+
+// Seal encrypts a small plaintext and returns the whole file.
+func (e *Encrypter) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	w, err := e.NewWriter(ctx, &buf, int64(len(plaintext)))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(plaintext); err != nil {
+		w.Close()
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// NewWriter wraps a fresh DEK under every KEK, writes the header to dst, and
+// returns a Writer for the plaintext. size is the plaintext size, recorded in
+// the header, or [UnknownSize]; when it is given, Close fails unless exactly
+// size bytes were written. Close must be called; it does not close dst.
+func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*Writer, error) {
+	header, c, err := e.newHeader(ctx, size)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dst.Write(header); err != nil {
+		return nil, err
+	}
+	workers := e.Workers
+	if size >= 0 && size < int64(c.Header().ChunkSize) {
+		workers = 1 // one chunk: no goroutine is worth starting
+	}
+	return &Writer{sw: c.NewWriter(dst, &stream.Options{Workers: workers}), size: size}, nil
+}
+
+// newHeader makes a DEK and returns the encoded header and the stream cipher.
+func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.Cipher, error) {
+	if len(e.KEKs) == 0 {
+		return nil, nil, fmt.Errorf("envelope: no KEK to wrap the data key")
+	}
+	if len(e.KEKs) > MaxSlots {
+		return nil, nil, fmt.Errorf("envelope: %d KEKs, over the limit of %d key slots", len(e.KEKs), MaxSlots)
+	}
+	for i, k := range e.KEKs {
+		for _, other := range e.KEKs[:i] {
+			if k.URI() == other.URI() {
+				return nil, nil, fmt.Errorf("envelope: KEK %s given twice", k.URI())
+			}
+		}
+	}
+	tableSize := e.SlotTableSize
+	if tableSize == 0 {
+		tableSize = DefaultSlotTableSize
+	}
+	if tableSize < MinSlotTableSize || tableSize > MaxSlotTableSize {
+		return nil, nil, fmt.Errorf("envelope: slot table size %d out of range [%d, %d]", tableSize, MinSlotTableSize, MaxSlotTableSize)
+	}
+
+	dek := make([]byte, stream.KeySize)
+	defer clear(dek)
+	if _, err := rand.Read(dek); err != nil {
+		return nil, nil, err
+	}
+	sh, err := stream.NewHeader(dek, e.ChunkSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := stream.NewCipher(dek, sh)
+	if err != nil {
+		return nil, nil, err
+	}
+	if size >= 0 {
+		if _, err := sh.BodySize(size); err != nil {
+			return nil, nil, fmt.Errorf("envelope: plaintext of %d bytes: %w", size, err)
+		}
+	} else {
+		size = UnknownSize
+	}
+	core := &format.Core{SlotTableSize: tableSize, PlaintextSize: size, Stream: sh, Context: sortedContext(e.Context)}
+	if core.MAC, err = headerMAC(dek, core); err != nil {
+		return nil, nil, fmt.Errorf("envelope: %w", err)
+	}
+	coreBytes, err := core.Marshal()
+	if err != nil {
+		return nil, nil, fmt.Errorf("envelope: %w", err)
+	}
+
+	slots, err := wrapAll(ctx, e.KEKs, dek, coreBytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	table, err := (&format.SlotTable{Sequence: 1, Slots: slots}).Marshal(tableSize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("envelope: %w (raise the slot table size)", err)
+	}
+	return slices.Concat(coreBytes, table, table), c, nil
+}
+
+// wrapAll wraps dek under every KEK at once, one slot each.
+func wrapAll(ctx context.Context, keks []kms.KEK, dek, coreBytes []byte) ([]format.Slot, error) {
+	slots := make([]format.Slot, len(keks))
+	errs := make([]error, len(keks))
+	var wg sync.WaitGroup
+	for i, kek := range keks {
+		wg.Go(func() {
+			uri := kek.URI()
+			w, err := kek.Wrap(ctx, dek, slotAAD(coreBytes, uri))
+			if err != nil {
+				errs[i] = fmt.Errorf("wrapping the data key: %w", err)
+				return
+			}
+			slots[i] = format.Slot{AADRecipe: format.AADRecipeV1, URI: uri, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return slots, nil
+}
+
+func sortedContext(m map[string]string) []format.Pair {
+	var ps []format.Pair
+	for k, v := range m {
+		ps = append(ps, format.Pair{Key: k, Value: v})
+	}
+	slices.SortFunc(ps, func(a, b format.Pair) int {
+		switch {
+		case a.Key < b.Key:
+			return -1
+		case a.Key > b.Key:
+			return 1
+		}
+		return 0
+	})
+	return ps
+}
+
+// Writer encrypts what is written to it. It implements io.WriteCloser and
+// io.ReaderFrom. It is not safe for concurrent use.
+type Writer struct {
+	sw   *stream.Writer
+	size int64 // UnknownSize or the size announced in the header
+	n    int64 // bytes written so far
+}
+
+// Write encrypts p.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.size >= 0 && w.n+int64(len(p)) > w.size {
+		return 0, fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
+	}
+	n, err := w.sw.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+// ReadFrom encrypts what it reads from r until io.EOF.
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if w.size >= 0 {
+		// Read at most one byte more than announced, to notice it.
+		r = io.LimitReader(r, w.size-w.n+1)
+	}
+	n, err := w.sw.ReadFrom(r)
+	w.n += n
+	if err == nil && w.size >= 0 && w.n > w.size {
+		err = fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
+	}
+	return n, err
+}
+
+// Close writes the final chunk. It fails if the plaintext size was announced
+// and not met. It does not close the underlying writer.
+func (w *Writer) Close() error {
+	if err := w.sw.Close(); err != nil {
+		return err
+	}
+	if w.size >= 0 && w.n != w.size {
+		return fmt.Errorf("envelope: %w: %d bytes written, %d announced", ErrSizeMismatch, w.n, w.size)
+	}
+	return nil
+}

@@ -1,0 +1,47 @@
+package envelope
+
+import (
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+
+	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+)
+
+// Labels of FORMAT.md §2.3 and §3.2.
+const (
+	labelHeaderMAC = "kpcrypt envelope v1 header mac"
+	labelSlotAAD   = "kpcrypt envelope v1 slot"
+)
+
+// headerMAC computes the core's MAC: HMAC-SHA-256 under a key derived from
+// the DEK and the stream salt, over the core without its MAC.
+func headerMAC(dek []byte, core *format.Core) ([format.MACSize]byte, error) {
+	var mac [format.MACSize]byte
+	b, err := core.AppendWithoutMAC(nil)
+	if err != nil {
+		return mac, err
+	}
+	key, err := hkdf.Key(sha256.New, dek, core.Stream.Salt[:], labelHeaderMAC, 32)
+	if err != nil {
+		return mac, err
+	}
+	defer clear(key)
+	h := hmac.New(sha256.New, key)
+	h.Write(b)
+	copy(mac[:], h.Sum(nil))
+	return mac, nil
+}
+
+// slotAAD is the associated data given to a KEK for a slot: a label, the
+// SHA-256 of the whole core, and the KEK URI. It binds the wrapped DEK to
+// this file and this KEK.
+func slotAAD(coreBytes []byte, uri string) []byte {
+	sum := sha256.Sum256(coreBytes)
+	aad := make([]byte, 0, len(labelSlotAAD)+len(sum)+2+len(uri))
+	aad = append(aad, labelSlotAAD...)
+	aad = append(aad, sum[:]...)
+	aad = binary.BigEndian.AppendUint16(aad, uint16(len(uri)))
+	return append(aad, uri...)
+}
