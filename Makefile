@@ -26,8 +26,8 @@ test: vet
 test-short:
 	$(GO) test -short -count=1 ./...
 
-demo:
-	$(GO) test -count=1 -run '^Example$$' -v ./stream/
+demo: build
+	./scripts/demo.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./stream/

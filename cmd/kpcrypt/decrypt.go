@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/kms"
+)
+
+func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
+	fs := flag.NewFlagSet("decrypt", flag.ContinueOnError)
+	var keks, contexts listFlag
+	fs.Var(&keks, "kek", "`URI` of a KEK to try on the file's key slots (repeatable); without it, the slots' own URIs are opened")
+	out := fs.String("o", "", "write to `OUT` instead of standard output")
+	force := fs.Bool("force", false, "overwrite OUT if it exists")
+	quiet := fs.Bool("quiet", false, "show no progress bar")
+	fs.Var(&contexts, "context", "require the encryption context to hold `key=value` (repeatable)")
+	operands, err := parseFlags(fs, args)
+	if errors.Is(err, errHelp) {
+		helpFor(fs, u.stdout, "kpcrypt decrypt [--kek URI]... [-o OUT] [--force] [IN]")
+		return errHelp
+	}
+	if err != nil {
+		return err
+	}
+	if len(operands) > 1 {
+		return usagef("decrypt: one input at most, got %d", len(operands))
+	}
+	required, err := parseContext(contexts)
+	if err != nil {
+		return usagef("decrypt: %v", err)
+	}
+
+	in, err := openInput(u, operand(operands))
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	o, err := openOutput(u, *out, in, *force, 0o600)
+	if err != nil {
+		return err
+	}
+	defer o.abort()
+
+	keyring, err := decryptKeyring(ctx, keks)
+	if err != nil {
+		return err
+	}
+	d := &envelope.Decrypter{Keyring: keyring, Context: required}
+	src, done := u.progress(in, in.size, *quiet, "decrypting")
+	defer done()
+	r, err := d.NewReader(ctx, ctxReader{ctx, src})
+	if err != nil {
+		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
+	}
+	defer r.Close()
+	if _, err := io.Copy(o, r); err != nil {
+		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
+	}
+	return o.commit()
+}
+
+// decryptKeyring is the given KEKs or, with none, a keyring that opens the
+// slots' URIs of the schemes safe to open from a header.
+func decryptKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
+	if len(uris) == 0 {
+		auto := kms.Resolver{}
+		for scheme, open := range resolver() {
+			if slices.Contains(autoOpenSchemes, scheme) {
+				auto[scheme] = open
+			}
+		}
+		return &envelope.ResolvingKeyring{Resolver: auto}, nil
+	}
+	var keks envelope.KEKs
+	for _, uri := range uris {
+		k, err := resolver().Open(ctx, uri)
+		if err != nil {
+			return nil, err
+		}
+		keks = append(keks, k)
+	}
+	return keks, nil
+}
+
+// explain rewords the library's errors for the command line.
+func explain(err error, kekGiven bool) error {
+	var nk *envelope.NoKEKError
+	if errors.As(err, &nk) {
+		who := "no --kek"
+		if !kekGiven {
+			who = "no KEK named by the file"
+		}
+		s := "s"
+		if nk.Slots == 1 {
+			s = ""
+		}
+		msg := fmt.Sprintf("%s can open any of this file's %d key slot%s (%s)", who, nk.Slots, s, strings.Join(nk.URIs, ", "))
+		if len(nk.Errors) > 0 {
+			msg += ": " + nk.Errors[len(nk.Errors)-1].Error()
+		}
+		return errors.New(msg)
+	}
+	return err
+}

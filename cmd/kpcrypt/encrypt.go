@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/kms/local"
+)
+
+// resolver opens the KEK URIs the command line accepts.
+func resolver() kms.Resolver {
+	return kms.Resolver{local.Scheme: local.Open}
+}
+
+// autoOpenSchemes are the schemes whose slot URIs decrypt may open by itself
+// when no --kek is given. A URI that could name code to load (a PKCS#11
+// module) must never come from a file's header.
+var autoOpenSchemes = []string{local.Scheme}
+
+func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
+	fs := flag.NewFlagSet("encrypt", flag.ContinueOnError)
+	var keks, contexts listFlag
+	fs.Var(&keks, "kek", "`URI` of a KEK to wrap the data key (repeatable; at least one)")
+	out := fs.String("o", "", "write to `OUT` instead of standard output")
+	force := fs.Bool("force", false, "overwrite OUT if it exists")
+	quiet := fs.Bool("quiet", false, "show no progress bar")
+	chunk := fs.String("chunk-size", "64KiB", "plaintext `size` of a chunk, 4KiB to 16MiB")
+	fs.Var(&contexts, "context", "encryption context `key=value`, stored and authenticated (repeatable)")
+	operands, err := parseFlags(fs, args)
+	if errors.Is(err, errHelp) {
+		helpFor(fs, u.stdout, "kpcrypt encrypt --kek URI [--kek URI]... [-o OUT] [--force] [IN]")
+		return errHelp
+	}
+	if err != nil {
+		return err
+	}
+	if len(keks) == 0 {
+		return usagef("encrypt: at least one --kek is required")
+	}
+	if len(operands) > 1 {
+		return usagef("encrypt: one input at most, got %d", len(operands))
+	}
+	chunkSize, err := parseSize(*chunk)
+	if err != nil {
+		return usagef("encrypt: --chunk-size: %v", err)
+	}
+	encCtx, err := parseContext(contexts)
+	if err != nil {
+		return usagef("encrypt: %v", err)
+	}
+	if (*out == "" || *out == "-") && isTerminal(u.stdout) {
+		return fmt.Errorf("refusing to write ciphertext to a terminal: use -o OUT or redirect standard output")
+	}
+
+	in, err := openInput(u, operand(operands))
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	o, err := openOutput(u, *out, in, *force, 0o644)
+	if err != nil {
+		return err
+	}
+	defer o.abort()
+
+	e := &envelope.Encrypter{ChunkSize: chunkSize, Context: encCtx}
+	for _, uri := range keks {
+		k, err := resolver().Open(ctx, uri)
+		if err != nil {
+			return err
+		}
+		e.KEKs = append(e.KEKs, k)
+	}
+	w, err := e.NewWriter(ctx, o, in.size)
+	if err != nil {
+		return err
+	}
+	src, done := u.progress(in, in.size, *quiet, "encrypting")
+	_, err = io.Copy(w, ctxReader{ctx, src})
+	done()
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", in.name, err)
+	}
+	return o.commit()
+}
+
+func operand(ops []string) string {
+	if len(ops) == 0 {
+		return "-"
+	}
+	return ops[0]
+}
+
+// parseSize reads a byte count with an optional KiB or MiB suffix.
+func parseSize(s string) (int, error) {
+	mult := 1
+	t := strings.TrimSpace(s)
+	for _, suf := range []struct {
+		s string
+		m int
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"K", 1 << 10}, {"M", 1 << 20}} {
+		if v, ok := strings.CutSuffix(t, suf.s); ok {
+			t, mult = v, suf.m
+			break
+		}
+	}
+	n, err := strconv.Atoi(t)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size", s)
+	}
+	return n * mult, nil
+}
+
+func parseContext(pairs []string) (map[string]string, error) {
+	if len(pairs) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, p := range pairs {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--context %q: want key=value", p)
+		}
+		if _, dup := m[k]; dup {
+			return nil, fmt.Errorf("--context: key %q given twice", k)
+		}
+		m[k] = v
+	}
+	return m, nil
+}

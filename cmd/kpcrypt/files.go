@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
+)
+
+// input is the command's input: a file or standard input.
+type input struct {
+	io.Reader
+	name string // for messages: the path, or "standard input"
+	file *os.File
+	size int64 // -1 when unknown
+}
+
+func openInput(u *ui, path string) (*input, error) {
+	if path == "" || path == "-" {
+		in := &input{Reader: u.stdin, name: "standard input", size: -1}
+		if f, ok := u.stdin.(*os.File); ok {
+			in.file = f
+			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+				in.size = fi.Size()
+			}
+		}
+		return in, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if fi.IsDir() {
+		f.Close()
+		return nil, fmt.Errorf("%s is a directory", path)
+	}
+	size := int64(-1)
+	if fi.Mode().IsRegular() {
+		size = fi.Size()
+	}
+	return &input{Reader: f, name: path, file: f, size: size}, nil
+}
+
+func (in *input) Close() {
+	if in.file != nil && in.name != "standard input" {
+		in.file.Close()
+	}
+}
+
+// output is the command's output: a file written atomically, or standard
+// output.
+type output struct {
+	w      io.Writer
+	atomic *atomicfile.File
+}
+
+// openOutput checks that the output may be written, before any KEK is
+// called, and opens it.
+func openOutput(u *ui, path string, in *input, force bool, perm os.FileMode) (*output, error) {
+	if path == "" || path == "-" {
+		return &output{w: u.stdout}, nil
+	}
+	if in.file != nil {
+		if ofi, err := os.Stat(path); err == nil {
+			if ifi, err := in.file.Stat(); err == nil && os.SameFile(ifi, ofi) {
+				return nil, fmt.Errorf("%s: input and output are the same file", path)
+			}
+		}
+	}
+	f, err := atomicfile.Create(path, perm, force)
+	if err != nil {
+		if errors.Is(err, atomicfile.ErrExists) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("creating %s: %w", path, err)
+	}
+	return &output{w: f, atomic: f}, nil
+}
+
+// commit puts a file output in place.
+func (o *output) commit() error {
+	if o.atomic == nil {
+		return nil
+	}
+	return o.atomic.Commit()
+}
+
+// abort removes a file output that was not committed.
+func (o *output) abort() {
+	if o.atomic != nil {
+		o.atomic.Abort()
+	}
+}
+
+func (o *output) Write(p []byte) (int, error) { return o.w.Write(p) }
+
+// ctxReader fails reads once ctx is done, so that an interrupt stops a long
+// copy and the output is removed.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

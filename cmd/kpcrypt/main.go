@@ -1,0 +1,98 @@
+// Command kpcrypt encrypts and decrypts files and streams under keys held in
+// IBM Key Protect, Hyper Protect Crypto Services, an HSM, or a local key file.
+//
+// Usage:
+//
+//	kpcrypt encrypt --kek URI [--kek URI]... [-o OUT] [IN]
+//	kpcrypt decrypt [--kek URI]... [-o OUT] [IN]
+//	kpcrypt inspect [--json] FILE
+//	kpcrypt keygen -o PATH
+//	kpcrypt keygen --rotate PATH
+//
+// IN and OUT default to standard input and output; "-" means the same.
+// Outputs are written atomically: nothing is left at OUT after a failure.
+// Secrets come from key files and the environment, never from flags.
+//
+// Exit status: 0 on success, 1 on failure, 2 on a usage error.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// usageError is a mistake in the command line; it exits with status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+const usage = `kpcrypt encrypts files under keys held in a KMS, an HSM or a local key file.
+
+Usage:
+  kpcrypt encrypt --kek URI [--kek URI]... [-o OUT] [--force] [IN]
+  kpcrypt decrypt [--kek URI]... [-o OUT] [--force] [IN]
+  kpcrypt inspect [--json] FILE
+  kpcrypt keygen -o PATH
+  kpcrypt keygen --rotate PATH
+
+IN and OUT default to standard input and output; "-" means the same.
+Run "kpcrypt COMMAND -h" for the options of a command.
+
+KEK URIs:
+  local:PATH    a local key file made by "kpcrypt keygen" (for development)
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes one command line and returns the exit status.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ui := &ui{stdin: stdin, stdout: stdout, stderr: stderr}
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "encrypt":
+		err = cmdEncrypt(ctx, ui, rest)
+	case "decrypt":
+		err = cmdDecrypt(ctx, ui, rest)
+	case "inspect":
+		err = cmdInspect(ctx, ui, rest)
+	case "keygen":
+		err = cmdKeygen(ctx, ui, rest)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		err = usagef("unknown command %q", cmd)
+	}
+	var ue *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errHelp):
+		return 0
+	case errors.As(err, &ue):
+		ui.errorf("%v", err)
+		fmt.Fprintln(stderr, `kpcrypt: run "kpcrypt -h" for usage`)
+		return 2
+	default:
+		ui.errorf("%v", err)
+		return 1
+	}
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+)
+
+// Output rules: results go to stdout; everything else goes to stderr as
+// lines starting "kpcrypt: ", lowercase, one line per error.
+type ui struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+}
+
+func (u *ui) errorf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	msg = strings.ReplaceAll(msg, "\n", " ")
+	fmt.Fprintf(u.stderr, "kpcrypt: %s\n", msg)
+}
+
+func (u *ui) infof(format string, args ...any) {
+	fmt.Fprintf(u.stderr, "kpcrypt: "+format+"\n", args...)
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// progressThreshold is the input size from which a progress bar is shown.
+const progressThreshold = 8 << 20
+
+// progress wraps r in a progress bar on stderr when stderr is a terminal,
+// the input is large and not quiet. size is the input size or -1.
+func (u *ui) progress(r io.Reader, size int64, quiet bool, what string) (io.Reader, func()) {
+	if quiet || size < progressThreshold || !isTerminal(u.stderr) {
+		return r, func() {}
+	}
+	bar := progressbar.NewOptions64(size,
+		progressbar.OptionSetWriter(u.stderr),
+		progressbar.OptionSetDescription(what),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowTotalBytes(true),
+		progressbar.OptionUseIECUnits(true),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100_000_000),
+		progressbar.OptionClearOnFinish(),
+	)
+	pr := progressbar.NewReader(r, bar)
+	return &pr, func() { bar.Finish() }
+}
+
+// errHelp is returned after -h printed the usage of a command.
+var errHelp = errors.New("help shown")
+
+// parseFlags parses args with fs, letting flags and operands interleave
+// ("encrypt in.txt --kek K" works too). It returns the operands.
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var operands []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, errHelp
+			}
+			return nil, usagef("%s: %v", fs.Name(), err)
+		}
+		if fs.NArg() == 0 {
+			return operands, nil
+		}
+		operands = append(operands, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// helpFor prints a command's usage and flags to w when asked with -h.
+func helpFor(fs *flag.FlagSet, w io.Writer, synopsis string) {
+	fs.Usage = func() {}
+	fmt.Fprintf(w, "Usage: %s\n\n", synopsis)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
+// listFlag collects a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
