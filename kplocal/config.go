@@ -1,0 +1,147 @@
+package kplocal
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// Defaults applied by [New] to the zero fields of a [Config].
+const (
+	// DefaultRegion is the region written into CRNs when Config.Region is empty.
+	DefaultRegion = "us-south"
+
+	// DefaultAccount is the account ID written into CRNs when Config.Account
+	// is empty.
+	DefaultAccount = "0000000000000000000000000000c0de"
+
+	// DefaultTokenTTL is the lifetime of IAM tokens when Config.TokenTTL is
+	// zero: one hour, as IBM Cloud IAM.
+	DefaultTokenTTL = time.Hour
+
+	// DefaultMinRotationInterval is Key Protect's rule of at most one rotation
+	// per key per hour. The command uses it by default; an in-process
+	// [Config] must ask for it explicitly (its zero value means no limit).
+	DefaultMinRotationInterval = time.Hour
+)
+
+// MaxBodyBytes bounds the body of an /api/v2 request. A larger body is
+// answered 400 BAD_BODY_ERR. (Token requests are bounded to 64 KiB.)
+const MaxBodyBytes = 1 << 20
+
+// Config configures a [Server]. The zero value is usable: [New] fills in
+// defaults as documented on each field.
+type Config struct {
+	// InstanceID is the Key Protect instance GUID that requests must name in
+	// their bluemix-instance header. Empty means a random v4 UUID.
+	InstanceID string
+
+	// APIKey is the only API key the IAM token endpoint accepts. Empty means
+	// a random key; read it back with [Server.Config].
+	APIKey string
+
+	// Region and Account are the region and account ID used in CRNs
+	// (crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:key:KEYID).
+	// Empty means [DefaultRegion] and [DefaultAccount].
+	Region  string
+	Account string
+
+	// StateFile, when set, makes keys (with all their versions and material),
+	// aliases, policies and the token-signing secret persist across
+	// restarts. The file is loaded by [New] if it exists, and rewritten
+	// atomically (temporary file in the same directory, fsync, rename, mode
+	// 0600) after every change. It holds key material in the clear: protect
+	// it like the keys themselves. Empty means state lives in memory only.
+	StateFile string
+
+	// FaultRate is the share, in [0, 1], of /api/v2 requests that are not
+	// served but answered 429 (with Retry-After: 0) or 503, each with a Key
+	// Protect error body. Zero disables fault injection.
+	FaultRate float64
+
+	// Latency is added to every request before it is served.
+	Latency time.Duration
+
+	// TokenTTL is the lifetime of issued IAM tokens (expires_in). Zero means
+	// [DefaultTokenTTL]. It must be at least one second.
+	TokenTTL time.Duration
+
+	// MinRotationInterval is the minimum time between two rotations of one
+	// key; a rotation earlier than that is refused with 409
+	// KEY_ROTATION_NOT_PERMITTED. Zero means no limit, which suits tests;
+	// set [DefaultMinRotationInterval] for Key Protect's one-per-hour rule
+	// (the kplocal command does so unless told otherwise).
+	MinRotationInterval time.Duration
+
+	// Now is the server's clock. It decides token expiry, key expiry and
+	// every time-based rule (rotation interval, the 30 s enable and restore
+	// rules, the 4 h purge rule, the 30 d restore window, the 7 d dual
+	// authorisation window). Nil means time.Now. Tests advance a fake clock
+	// instead of sleeping.
+	Now func() time.Time
+
+	// Seed seeds the pseudo-random source that decides which requests get an
+	// injected fault and which fault. The same seed and request sequence
+	// give the same faults. Key material, nonces and IDs always come from
+	// crypto/rand.
+	Seed uint64
+
+	// Logger, when set, receives one line per request (method, path, status,
+	// operation, duration) and persistence errors. It never receives key
+	// material, tokens or request bodies. Nil means no logging.
+	Logger *slog.Logger
+}
+
+// withDefaults validates c and returns it with defaults filled in.
+func (c Config) withDefaults() (Config, error) {
+	if c.InstanceID == "" {
+		c.InstanceID = newUUID()
+	}
+	if err := checkCRNSegment("instance ID", c.InstanceID); err != nil {
+		return c, err
+	}
+	if c.APIKey == "" {
+		c.APIKey = randomToken(32)
+	}
+	if c.Region == "" {
+		c.Region = DefaultRegion
+	}
+	if err := checkCRNSegment("region", c.Region); err != nil {
+		return c, err
+	}
+	if c.Account == "" {
+		c.Account = DefaultAccount
+	}
+	if err := checkCRNSegment("account", c.Account); err != nil {
+		return c, err
+	}
+	if !(c.FaultRate >= 0 && c.FaultRate <= 1) { // also rejects NaN
+		return c, fmt.Errorf("kplocal: fault rate %v is not in [0, 1]", c.FaultRate)
+	}
+	if c.Latency < 0 {
+		return c, errors.New("kplocal: latency must not be negative")
+	}
+	if c.TokenTTL == 0 {
+		c.TokenTTL = DefaultTokenTTL
+	}
+	if c.TokenTTL < time.Second {
+		return c, fmt.Errorf("kplocal: token TTL %v is shorter than one second", c.TokenTTL)
+	}
+	if c.MinRotationInterval < 0 {
+		return c, errors.New("kplocal: minimum rotation interval must not be negative")
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c, nil
+}
+
+// checkCRNSegment rejects values that would corrupt a CRN.
+func checkCRNSegment(what, v string) error {
+	if v == "" || strings.ContainsAny(v, ": \t\r\n/") {
+		return fmt.Errorf("kplocal: %s %q must be non-empty and contain no ':', '/' or white space", what, v)
+	}
+	return nil
+}
