@@ -102,8 +102,12 @@ func explain(err error, kekGiven bool) error {
 			s = ""
 		}
 		msg := fmt.Sprintf("%s can open any of this file's %d key slot%s (%s)", who, nk.Slots, s, strings.Join(nk.URIs, ", "))
-		if len(nk.Errors) > 0 {
-			msg += ": " + nk.Errors[len(nk.Errors)-1].Error()
+		var causes []string
+		for _, e := range nk.Errors {
+			causes = append(causes, e.Error())
+		}
+		if len(causes) > 0 {
+			msg += ": " + strings.Join(causes, "; ")
 		}
 		return errors.New(msg)
 	}

@@ -6,23 +6,27 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
 	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
 	"github.com/kpcrypt/kpcrypt/kms/local"
 )
 
-// resolver opens the KEK URIs the command line accepts.
+// resolver opens the KEK URIs the command line accepts. Key Protect and
+// HPCS take their credentials and endpoints from the environment.
 func resolver() kms.Resolver {
-	return kms.Resolver{local.Scheme: local.Open}
+	kp := &keyprotect.Opener{Config: keyprotect.ConfigFromEnv(os.Getenv)}
+	return kms.Resolver{local.Scheme: local.Open, keyprotect.Scheme: kp.Open}
 }
 
 // autoOpenSchemes are the schemes whose slot URIs decrypt may open by itself
 // when no --kek is given. A URI that could name code to load (a PKCS#11
 // module) must never come from a file's header.
-var autoOpenSchemes = []string{local.Scheme}
+var autoOpenSchemes = []string{local.Scheme, keyprotect.Scheme}
 
 func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	fs := flag.NewFlagSet("encrypt", flag.ContinueOnError)

@@ -49,6 +49,14 @@ Run "kpcrypt COMMAND -h" for the options of a command.
 
 KEK URIs:
   local:PATH    a local key file made by "kpcrypt keygen" (for development)
+  crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:key:KEYID
+                an IBM Key Protect root key ("hs-crypto" in place of "kms" for HPCS)
+
+Environment for Key Protect and HPCS:
+  IBMCLOUD_API_KEY        API key exchanged at IAM for tokens (required)
+  IBMCLOUD_KP_ENDPOINT    API base URL, if not the region's public endpoint
+                          (HPCS port-based endpoints, private endpoints, kplocal)
+  IBMCLOUD_IAM_ENDPOINT   IAM base URL (tokens from its /identity/token)
 `
 
 func main() {

@@ -1,0 +1,124 @@
+package keyprotect
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Service names the two services that serve the Key Protect API.
+type Service string
+
+const (
+	// KeyProtect is IBM Key Protect ("kms" in CRNs).
+	KeyProtect Service = "kms"
+	// HPCS is Hyper Protect Crypto Services ("hs-crypto" in CRNs).
+	HPCS Service = "hs-crypto"
+)
+
+// DefaultIAMURL is IBM Cloud's public IAM endpoint; the token is requested
+// at its /identity/token.
+const DefaultIAMURL = "https://iam.cloud.ibm.com"
+
+// Config configures a [Client]. InstanceID and one of APIKey or Token are
+// required; the endpoint comes from BaseURL or from Service and Region.
+type Config struct {
+	// BaseURL is the API's base URL without /api/v2, for example
+	// "https://us-south.kms.cloud.ibm.com" or an HPCS URL with its port. It
+	// must be https, except on a loopback address. Empty means
+	// [Endpoint](Service, Region, InstanceID, Private).
+	BaseURL string
+	// Service, Region and Private choose the endpoint when BaseURL is empty.
+	Service Service
+	Region  string
+	Private bool
+
+	// InstanceID is the service instance's GUID (bluemix-instance).
+	InstanceID string
+	// KeyRing, if set, is sent as x-kms-key-ring.
+	KeyRing string
+
+	// APIKey is exchanged at IAM for tokens. It is a secret: it is never
+	// logged or put in errors.
+	APIKey string
+	// IAMURL is IAM's base URL; empty means DefaultIAMURL.
+	IAMURL string
+	// Token, if set, supplies tokens instead of the API key exchange.
+	Token TokenSource
+
+	// HTTPClient is the client for every request; nil means a client
+	// with sensible transport timeouts.
+	HTTPClient *http.Client
+	// Timeout bounds each attempt; zero means 30 seconds.
+	Timeout time.Duration
+	// MaxAttempts bounds the attempts of each call; zero means 5.
+	MaxAttempts int
+	// RetryBaseDelay and RetryMaxDelay shape the exponential backoff with
+	// full jitter between attempts; zero means 250 ms and 10 s. A
+	// Retry-After header is honoured up to RetryMaxDelay.
+	RetryBaseDelay time.Duration
+	RetryMaxDelay  time.Duration
+	// MaxInFlight bounds the requests in flight at once from this client;
+	// zero means 64.
+	MaxInFlight int
+
+	// Now is the clock for token expiry; nil means time.Now.
+	Now func() time.Time
+}
+
+// Endpoint returns the public or private base URL of a service instance in a
+// region. HPCS instances get their instance-based host; give an older,
+// port-based HPCS endpoint as BaseURL.
+func Endpoint(s Service, region, instanceID string, private bool) (string, error) {
+	if region == "" {
+		return "", errors.New("keyprotect: no region to build the endpoint from")
+	}
+	p := ""
+	if private {
+		p = "private."
+	}
+	switch s {
+	case KeyProtect, "":
+		return fmt.Sprintf("https://%s%s.kms.cloud.ibm.com", p, region), nil
+	case HPCS:
+		if instanceID == "" {
+			return "", errors.New("keyprotect: an HPCS endpoint needs the instance ID")
+		}
+		return fmt.Sprintf("https://%s.api.%s%s.hs-crypto.appdomain.cloud", instanceID, p, region), nil
+	}
+	return "", fmt.Errorf("keyprotect: unknown service %q", s)
+}
+
+// checkBaseURL requires https, except on loopback, and no path beyond "/".
+func checkBaseURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("keyprotect: base URL %q: %v", raw, err)
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && isLoopback(u.Hostname()):
+	default:
+		return nil, fmt.Errorf("keyprotect: base URL %q: https is required except on a loopback address", raw)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("keyprotect: base URL %q has no host", raw)
+	}
+	if strings.Trim(u.Path, "/") != "" {
+		return nil, fmt.Errorf("keyprotect: base URL %q must not have a path (the client adds /api/v2)", raw)
+	}
+	u.Path = ""
+	return u, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
