@@ -235,12 +235,17 @@ type Writer struct {
 	sw   *stream.Writer
 	size int64 // UnknownSize or the size announced in the header
 	n    int64 // bytes written so far
+	err  error // sticky: more bytes were offered than announced
 }
 
 // Write encrypts p.
 func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
 	if w.size >= 0 && w.n+int64(len(p)) > w.size {
-		return 0, fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
+		w.err = fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
+		return 0, w.err
 	}
 	n, err := w.sw.Write(p)
 	w.n += int64(n)
@@ -249,6 +254,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 
 // ReadFrom encrypts what it reads from r until io.EOF.
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
 	if w.size >= 0 {
 		// Read at most one byte more than announced, to notice it.
 		r = io.LimitReader(r, w.size-w.n+1)
@@ -256,15 +264,21 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	n, err := w.sw.ReadFrom(r)
 	w.n += n
 	if err == nil && w.size >= 0 && w.n > w.size {
-		err = fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
+		w.err = fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
+		err = w.err
 	}
 	return n, err
 }
 
 // Close writes the final chunk. It fails if the plaintext size was announced
-// and not met. It does not close the underlying writer.
+// and not met, including when a Write was refused for going past it. It
+// does not close the underlying writer.
 func (w *Writer) Close() error {
-	if err := w.sw.Close(); err != nil {
+	err := w.sw.Close()
+	if w.err != nil {
+		return w.err
+	}
+	if err != nil {
 		return err
 	}
 	if w.size >= 0 && w.n != w.size {

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -115,19 +116,29 @@ func (c *Cipher) nonce(n *[nonceSize]byte, index uint64, final bool) {
 
 // seal encrypts plaintext as chunk index and appends it to dst.
 func (c *Cipher) seal(dst, plaintext []byte, index uint64, final bool) []byte {
-	var n [nonceSize]byte
-	c.nonce(&n, index, final)
+	return c.sealNonce(new([nonceSize]byte), dst, plaintext, index, final)
+}
+
+// sealNonce is seal computing the nonce in n. The nonce escapes into the AEAD
+// interface, so the pipelines pass a buffer of their own rather than allocate
+// one per chunk.
+func (c *Cipher) sealNonce(n *[nonceSize]byte, dst, plaintext []byte, index uint64, final bool) []byte {
+	c.nonce(n, index, final)
 	return c.aead.Seal(dst, n[:], plaintext, nil)
 }
 
 // open decrypts ciphertext as chunk index and appends the plaintext to dst.
 // dst may be ciphertext[:0]. On failure nothing is appended to dst.
 func (c *Cipher) open(dst, ciphertext []byte, index uint64, final bool) ([]byte, error) {
+	return c.openNonce(new([nonceSize]byte), dst, ciphertext, index, final)
+}
+
+// openNonce is open computing the nonce in n, like sealNonce.
+func (c *Cipher) openNonce(n *[nonceSize]byte, dst, ciphertext []byte, index uint64, final bool) ([]byte, error) {
 	if final && len(ciphertext) > c.header.ChunkSize+TagSize-1 || !final && len(ciphertext) != c.header.ChunkSize+TagSize {
 		return nil, &ChunkError{Index: index, Err: ErrAuthentication}
 	}
-	var n [nonceSize]byte
-	c.nonce(&n, index, final)
+	c.nonce(n, index, final)
 	out, err := c.aead.Open(dst, n[:], ciphertext, nil)
 	if err != nil {
 		return nil, &ChunkError{Index: index, Err: ErrAuthentication}
@@ -176,8 +187,10 @@ func NewEncryptWriter(dst io.Writer, dek []byte, opts *Options) (*Writer, error)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := dst.Write(enc); err != nil {
+	if n, err := dst.Write(enc); err != nil {
 		return nil, err
+	} else if n < len(enc) {
+		return nil, io.ErrShortWrite
 	}
 	return c.NewWriter(dst, opts), nil
 }
@@ -204,7 +217,11 @@ func NewDecryptReaderAt(src io.ReaderAt, size int64, dek []byte) (*ReaderAt, err
 	if size < HeaderSize {
 		return nil, &HeaderError{Reason: fmt.Sprintf("stream is %d bytes, shorter than the %d-byte header", size, HeaderSize)}
 	}
-	if _, err := src.ReadAt(buf[:], 0); err != nil {
+	// A ReaderAt may return io.EOF with a full read at the end of its input.
+	if n, err := src.ReadAt(buf[:], 0); n < HeaderSize {
+		if err == nil || errors.Is(err, io.EOF) {
+			return nil, &HeaderError{Reason: fmt.Sprintf("stream ends after %d of %d header bytes", n, HeaderSize)}
+		}
 		return nil, fmt.Errorf("stream: reading header: %w", err)
 	}
 	var h Header

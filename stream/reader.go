@@ -48,7 +48,8 @@ func (r *Reader) Read(p []byte) (int, error) {
 	n := 0
 	for n < len(p) {
 		if r.cur == nil || r.off == len(r.cur.buf) {
-			if r.err != nil {
+			// Return what is available rather than wait for the next chunk.
+			if r.err != nil || n > 0 {
 				break
 			}
 			r.next()
@@ -97,8 +98,12 @@ func (r *Reader) Close() error {
 	if r.pipe != nil {
 		r.pipe.once.Do(func() { close(r.pipe.stop) })
 	}
-	if r.err == nil {
+	if r.err == nil || r.err == io.EOF {
 		r.err = fmt.Errorf("stream: read after Close")
+	}
+	// Drop the plaintext not yet read, so that reads after Close fail.
+	if r.cur != nil {
+		r.off = len(r.cur.buf)
 	}
 	return nil
 }
@@ -178,7 +183,7 @@ func (r *Reader) readChunk(ch *chunk) {
 }
 
 func (r *Reader) openChunk(ch *chunk) {
-	pt, err := r.c.open(ch.buf[:0], ch.buf, ch.index, ch.final)
+	pt, err := r.c.openNonce(&ch.nonce, ch.buf[:0], ch.buf, ch.index, ch.final)
 	if err != nil {
 		ch.err = err
 		return

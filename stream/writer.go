@@ -17,6 +17,9 @@ type chunk struct {
 	err   error
 	// done receives one value when the chunk has been sealed or opened.
 	done chan struct{}
+	// nonce is the buffer for the chunk's nonce, so that sealing and
+	// opening allocate nothing.
+	nonce [nonceSize]byte
 }
 
 func newChunk(chunkSize int) *chunk {
@@ -185,11 +188,11 @@ func (w *Writer) submit(ch *chunk, final bool) bool {
 
 func (w *Writer) sealChunk(ch *chunk) {
 	if ch.src != nil {
-		ch.buf = w.c.seal(ch.buf[:0], ch.src, ch.index, ch.final)
+		ch.buf = w.c.sealNonce(&ch.nonce, ch.buf[:0], ch.src, ch.index, ch.final)
 		ch.src = nil
 		return
 	}
-	ch.buf = w.c.seal(ch.buf[:0], ch.buf, ch.index, ch.final)
+	ch.buf = w.c.sealNonce(&ch.nonce, ch.buf[:0], ch.buf, ch.index, ch.final)
 }
 
 func (w *Writer) write(b []byte) (int, error) {

@@ -322,11 +322,37 @@ func TestTokenExpiresMidRun(t *testing.T) {
 	}
 }
 
-func TestFaultInjection(t *testing.T) {
+// exerciseAll calls every method of the client once or more and checks the
+// results.
+func exerciseAll(t *testing.T, e *env) {
+	t.Helper()
 	ctx := context.Background()
-	e := start(t, func(c *kplocal.Config) { c.FaultRate = 0.3 }, func(c *Config) { c.MaxAttempts = 12 })
 	key := e.rootKey(t, "kek")
-	for i := range 60 {
+	std, err := e.client.CreateKey(ctx, CreateKeyRequest{Name: "std", Description: "a standard key"})
+	if err != nil {
+		t.Fatalf("create standard key: %v", err)
+	}
+	if got, err := e.client.GetKey(ctx, key.ID); err != nil || got.ID != key.ID {
+		t.Fatalf("get: %v", err)
+	}
+	if page, err := e.client.ListKeys(ctx, &ListOptions{Limit: 1}); err != nil || len(page) != 1 {
+		t.Fatalf("list: %v %d", err, len(page))
+	}
+	n := 0
+	for _, err := range e.client.AllKeys(ctx, ListOptions{}, 1) {
+		if err != nil {
+			t.Fatalf("all keys: %v", err)
+		}
+		n++
+	}
+	if n != 2 {
+		t.Fatalf("all keys: %d", n)
+	}
+	if c, err := e.client.CountKeys(ctx, nil); err != nil || c != 2 {
+		t.Fatalf("count: %v %d", err, c)
+	}
+	var olds []Wrapped
+	for i := range 20 {
 		dek := bytes.Repeat([]byte{byte(i)}, 32)
 		w, err := e.client.Wrap(ctx, key.ID, dek, []string{"x"})
 		if err != nil {
@@ -336,13 +362,50 @@ func TestFaultInjection(t *testing.T) {
 		if err != nil || !bytes.Equal(u.Plaintext, dek) {
 			t.Fatalf("unwrap %d: %v", i, err)
 		}
+		olds = append(olds, w)
 	}
-	if _, err := e.client.KeyVersions(ctx, key.ID); err != nil {
-		t.Fatal(err)
+	if err := e.client.Rotate(ctx, key.ID); err != nil {
+		t.Fatalf("rotate: %v", err)
 	}
-	if n, err := e.client.CountKeys(ctx, nil); err != nil || n != 1 {
-		t.Fatalf("count: %v %d", err, n)
+	vs, err := e.client.KeyVersions(ctx, key.ID)
+	if err != nil || len(vs) != 2 {
+		t.Fatalf("versions: %v %d", err, len(vs))
 	}
+	if u, err := e.client.Unwrap(ctx, key.ID, olds[0].Ciphertext, []string{"x"}); err != nil || u.Rewrapped == nil || u.Rewrapped.KeyVersion != vs[0].ID {
+		t.Fatalf("unwrap after rotation: %v", err)
+	}
+	if w, _, err := e.client.Rewrap(ctx, key.ID, olds[1].Ciphertext, []string{"x"}); err != nil || w.KeyVersion != vs[0].ID {
+		t.Fatalf("rewrap: %v", err)
+	}
+	if err := e.client.SetRotationPolicy(ctx, key.ID, RotationPolicy{Enabled: true, IntervalMonths: 1}); err != nil {
+		t.Fatalf("set rotation policy: %v", err)
+	}
+	if err := e.client.SetDualAuthDeletePolicy(ctx, std.ID, DualAuthDeletePolicy{Enabled: false}); err != nil {
+		t.Fatalf("set dual auth policy: %v", err)
+	}
+	if p, err := e.client.GetPolicies(ctx, key.ID); err != nil || p.Rotation == nil || p.Rotation.IntervalMonths != 1 {
+		t.Fatalf("get policies: %v", err)
+	}
+	if err := e.client.Disable(ctx, key.ID); err != nil {
+		t.Fatalf("disable: %v", err)
+	}
+	e.clock.Advance(time.Minute) // enable is refused within 30 s of a change
+	if err := e.client.Enable(ctx, key.ID); err != nil {
+		t.Fatalf("enable: %v", err)
+	}
+	if err := e.client.DeleteKey(ctx, std.ID, false); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+}
+
+func TestEveryMethod(t *testing.T) {
+	exerciseAll(t, start(t, nil, nil))
+}
+
+func TestFaultInjection(t *testing.T) {
+	ctx := context.Background()
+	e := start(t, func(c *kplocal.Config) { c.FaultRate = 0.3 }, func(c *Config) { c.MaxAttempts = 12 })
+	exerciseAll(t, e)
 	if f := e.server.Stats().Faults; f < 10 {
 		t.Fatalf("only %d faults injected: the test did not exercise retries", f)
 	}
