@@ -7,9 +7,12 @@
 //	kplocal --listen ADDR --instance GUID --api-key KEY [--state FILE]
 //	        [--fault-rate F] [--latency D] [--min-rotation-interval D]
 //	        [--token-ttl D] [--region R] [--account A] [--seed N] [--verbose]
+//	        [--root-key NAME]...
 //
 // The first line kplocal prints on standard output is its base URL, such as
 // http://127.0.0.1:41234; with --listen 127.0.0.1:0 it picks a free port.
+// Each --root-key creates a root key at start-up and prints its CRN on a
+// line of its own, after the base URL, ready for kpcrypt --kek.
 // Point a Key Protect client at that URL (token URL: base URL +
 // "/identity/token"). The API key may also come from the KPLOCAL_API_KEY
 // environment variable, which keeps it out of the process list.
@@ -56,6 +59,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	account := fs.String("account", kplocal.DefaultAccount, "account ID written into CRNs")
 	seed := fs.Uint64("seed", 1, "seed of the fault-injection random source")
 	verbose := fs.Bool("verbose", false, "log every request on standard error")
+	var rootKeys []string
+	fs.Func("root-key", "create a root key `NAME` at start-up and print its CRN (repeatable)", func(v string) error {
+		rootKeys = append(rootKeys, v)
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -107,6 +115,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintln(stdout, srv.BaseURL())
+	for _, name := range rootKeys {
+		id, err := srv.CreateKey(name, true)
+		if err != nil {
+			srv.Close()
+			fmt.Fprintf(stderr, "kplocal: creating root key %q: %v\n", name, err)
+			return 1
+		}
+		fmt.Fprintln(stdout, srv.KeyCRN(id))
+	}
 	logger.Info("kplocal serving", "url", srv.BaseURL(), "instance", *instance, "state", *stateFile)
 
 	select {

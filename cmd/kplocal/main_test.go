@@ -194,6 +194,45 @@ func TestCommand(t *testing.T) {
 	p.stop(t, os.Interrupt)
 }
 
+func TestRootKeyFlag(t *testing.T) {
+	bin := buildCommand(t)
+	cmd := exec.Command(bin, "--instance", instance, "--api-key", apiKey, "--root-key", "demo-a", "--root-key", "demo-b")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	r := bufio.NewReader(stdout)
+	var lines []string
+	for range 3 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, strings.TrimSpace(line))
+	}
+	p := &process{cmd: cmd, base: lines[0]}
+	tok := p.token(t)
+	for _, crn := range lines[1:] {
+		parts := strings.Split(crn, ":")
+		if len(parts) != 10 || parts[7] != instance || parts[8] != "key" {
+			t.Fatalf("line %q is not a key CRN of the instance", crn)
+		}
+		var got struct {
+			Resources []struct {
+				Name        string `json:"name"`
+				Extractable bool   `json:"extractable"`
+			} `json:"resources"`
+		}
+		if code := p.call(t, tok, http.MethodGet, "/keys/"+parts[9], nil, &got); code != http.StatusOK || len(got.Resources) != 1 || got.Resources[0].Extractable {
+			t.Fatalf("key %s: %d %+v", parts[9], code, got)
+		}
+	}
+}
+
 func TestRunUsageErrors(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
