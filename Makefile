@@ -39,6 +39,7 @@ fuzz:
 # FORMAT.md in the same commit).
 vectors:
 	$(GO) test -count=1 ./stream -run '^TestVectors$$' -update
+	$(GO) test -count=1 ./envelope -run '^TestVectors$$' -update
 
 clean:
 	rm -rf bin

@@ -9,7 +9,7 @@ import (
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
 )
 
-// Labels of FORMAT.md §2.3 and §3.2.
+// Labels of FORMAT.md §2.2 and §3.2.
 const (
 	labelHeaderMAC = "kpcrypt envelope v1 header mac"
 	labelSlotAAD   = "kpcrypt envelope v1 slot"

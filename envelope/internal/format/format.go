@@ -73,7 +73,9 @@ type Error struct {
 	Reason string
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("invalid envelope header: %s: %s", e.Field, e.Reason) }
+func (e *Error) Error() string {
+	return fmt.Sprintf("invalid envelope header: %s: %s", e.Field, e.Reason)
+}
 
 // Is reports whether target is [ErrInvalid].
 func (e *Error) Is(target error) bool { return target == ErrInvalid }
@@ -231,6 +233,9 @@ func ParseCore(raw []byte) (*Core, error) {
 	}
 	if version != Version {
 		return nil, invalid("version", "unsupported format version %d", version)
+	}
+	if len(ctx) > MaxContextSize {
+		return nil, invalid("context", "%d bytes, over the limit of %d", len(ctx), MaxContextSize)
 	}
 	if flags&^knownFlags != 0 {
 		return nil, invalid("flags", "unknown flags %#02x", flags&^knownFlags)
