@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
 	"github.com/kpcrypt/kpcrypt/kms"
@@ -25,6 +26,11 @@ type Decrypter struct {
 	// context must hold; a file without them fails with
 	// [ErrContextMismatch] before any KEK is called.
 	Context map[string]string
+	// MinKeyVersions maps KEK URIs to the oldest key version still allowed
+	// to decrypt, mirroring the retirement of key versions: a slot under an
+	// older version is refused with [ErrKeyVersionRetired]. The KEK must
+	// list its versions ([kms.VersionLister]).
+	MinKeyVersions map[string]string
 }
 
 // OpenedSlot tells which key slot opened a file.
@@ -146,29 +152,44 @@ func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64
 	return &ReaderAt{ReaderAt: sra, slot: slot}, nil
 }
 
-// openHeader checks the context, then tries the keyring's KEKs on each slot
-// until one unwraps the DEK, and authenticates the header with it.
+// openHeader checks the context, then opens a key slot and returns the
+// stream cipher.
 func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.Cipher, *OpenedSlot, error) {
 	if err := checkContext(h.Core.Context, d.Context); err != nil {
 		return nil, nil, err
 	}
-	if d.Keyring == nil {
-		return nil, nil, errors.New("envelope: no keyring to open the file with")
+	dek, c, slot, err := openSlots(ctx, h, d.Keyring, d.MinKeyVersions)
+	clear(dek)
+	return c, slot, err
+}
+
+// openSlots tries the keyring's KEKs on each slot until one unwraps the DEK,
+// and authenticates the header with it. Slots under a key version older than
+// the minimum for their KEK are refused. The caller clears the DEK.
+func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersions map[string]string) ([]byte, *stream.Cipher, *OpenedSlot, error) {
+	if keyring == nil {
+		return nil, nil, nil, errors.New("envelope: no keyring to open the file with")
 	}
 	table := h.Table()
 	noKEK := &NoKEKError{Slots: len(table.Slots)}
 	for i, slot := range table.Slots {
 		noKEK.URIs = append(noKEK.URIs, slot.URI)
-		keks, err := d.Keyring.KEKsFor(ctx, slot.URI)
+		keks, err := keyring.KEKsFor(ctx, slot.URI)
 		if err != nil {
 			noKEK.Errors = append(noKEK.Errors, err)
+		}
+		if min, ok := minVersions[slot.URI]; ok && len(keks) > 0 {
+			if err := checkMinVersion(ctx, keks, slot, min); err != nil {
+				noKEK.Errors = append(noKEK.Errors, err)
+				continue
+			}
 		}
 		aad := slotAAD(h.CoreBytes, slot.URI)
 		for _, kek := range keks {
 			res, err := kek.Unwrap(ctx, slot.Wrapped, aad)
 			if err != nil {
 				if ctx.Err() != nil {
-					return nil, nil, err
+					return nil, nil, nil, err
 				}
 				noKEK.Errors = append(noKEK.Errors, err)
 				continue
@@ -176,14 +197,39 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 			// The KEK authenticated the slot: from here on a failure means
 			// a modified header, not a wrong key.
 			c, err := authenticate(h, &slot, res)
-			clear(res.DEK)
 			if err != nil {
-				return nil, nil, err
+				clear(res.DEK)
+				return nil, nil, nil, err
 			}
-			return c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion, Rewrapped: res.Rewrapped}, nil
+			return res.DEK, c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion, Rewrapped: res.Rewrapped}, nil
 		}
 	}
-	return nil, nil, noKEK
+	return nil, nil, nil, noKEK
+}
+
+// checkMinVersion refuses a slot whose key version comes before min in the
+// KEK's order of versions.
+func checkMinVersion(ctx context.Context, keks []kms.KEK, slot format.Slot, min string) error {
+	for _, kek := range keks {
+		vl, ok := kek.(kms.VersionLister)
+		if !ok || kek.URI() != slot.URI {
+			continue
+		}
+		versions, err := vl.Versions(ctx)
+		if err != nil {
+			return err
+		}
+		at, minAt := slices.Index(versions, slot.KeyVersion), slices.Index(versions, min)
+		if minAt < 0 {
+			return fmt.Errorf("envelope: minimum key version %q is not a version of %s", min, slot.URI)
+		}
+		if at < minAt {
+			return fmt.Errorf("envelope: %w: the slot for %s is under key version %q, older than the minimum %q",
+				ErrKeyVersionRetired, slot.URI, slot.KeyVersion, min)
+		}
+		return nil
+	}
+	return fmt.Errorf("envelope: %w: cannot list the versions of %s to enforce the minimum %q", ErrKeyVersionRetired, slot.URI, min)
 }
 
 // authenticate checks an unwrapped DEK against the header: the slot's

@@ -32,6 +32,9 @@ var (
 	// ErrContextMismatch means the file's encryption context is not the one
 	// the caller required.
 	ErrContextMismatch = errors.New("encryption context mismatch")
+	// ErrKeyVersionRetired means a slot is under a key version older than
+	// the minimum the caller allows.
+	ErrKeyVersionRetired = errors.New("key version retired")
 	// ErrSlotTableFull means the key slots do not fit in the slot table.
 	ErrSlotTableFull = format.ErrSlotTableFull
 )

@@ -87,6 +87,13 @@ type VersionReporter interface {
 	CurrentVersion(ctx context.Context) (string, error)
 }
 
+// VersionLister is a KEK that can list its versions.
+type VersionLister interface {
+	KEK
+	// Versions returns every version, oldest first.
+	Versions(ctx context.Context) ([]string, error)
+}
+
 // Error classes shared by every backend. Backends wrap them, so callers test
 // with [errors.Is] whatever the backend.
 var (

@@ -6,11 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
-	"github.com/kpcrypt/kpcrypt/kms"
 )
 
 func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
@@ -70,23 +68,9 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 // slots' URIs of the schemes safe to open from a header.
 func decryptKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
 	if len(uris) == 0 {
-		auto := kms.Resolver{}
-		for scheme, open := range resolver() {
-			if slices.Contains(autoOpenSchemes, scheme) {
-				auto[scheme] = open
-			}
-		}
-		return &envelope.ResolvingKeyring{Resolver: auto}, nil
+		return &envelope.ResolvingKeyring{Resolver: autoResolver()}, nil
 	}
-	var keks envelope.KEKs
-	for _, uri := range uris {
-		k, err := resolver().Open(ctx, uri)
-		if err != nil {
-			return nil, err
-		}
-		keks = append(keks, k)
-	}
-	return keks, nil
+	return openKEKs(ctx, uris)
 }
 
 // explain rewords the library's errors for the command line.

@@ -16,9 +16,12 @@ import (
 func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print the header as JSON")
+	current := fs.Bool("current", false, "ask each slot's KEK whether the slot is under its current key version")
+	var keks listFlag
+	fs.Var(&keks, "kek", "with --current, `URI` of a KEK to ask (repeatable); without it, the slots' own URIs are opened")
 	operands, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
-		helpFor(fs, u.stdout, "kpcrypt inspect [--json] FILE")
+		helpFor(fs, u.stdout, "kpcrypt inspect [--json] [--current [--kek URI]...] FILE")
 		return errHelp
 	}
 	if err != nil {
@@ -36,13 +39,52 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", in.name, err)
 	}
+	// With --current, each slot's KEK is asked for its current version;
+	// a KEK that cannot be asked leaves the slot's state unknown.
+	currents := make([]string, len(h.Slots))
+	var askErrs []string
+	if *current {
+		keyring, err := rewrapKeyring(ctx, keks)
+		if err != nil {
+			return err
+		}
+		v := &versionCache{ctx: ctx, keyring: keyring, versions: map[string][]string{}, current: map[string]string{}}
+		for i, s := range h.Slots {
+			if _, err := v.outdated(s); err != nil {
+				askErrs = append(askErrs, fmt.Sprintf("slot %d: %v", i, err))
+				continue
+			}
+			currents[i] = v.current[s.KEK]
+		}
+	}
 	if *asJSON {
-		enc := json.NewEncoder(u.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(struct {
+		type slot struct {
+			envelope.SlotInfo
+			CurrentVersion string `json:"current_version,omitempty"`
+			Current        *bool  `json:"current,omitempty"`
+		}
+		out := struct {
 			File string `json:"file"`
 			*envelope.Header
-		}{in.name, h})
+			Slots []slot `json:"slots"`
+		}{File: in.name, Header: h}
+		for i, s := range h.Slots {
+			sl := slot{SlotInfo: s, CurrentVersion: currents[i]}
+			if currents[i] != "" {
+				c := currents[i] == s.KeyVersion
+				sl.Current = &c
+			}
+			out.Slots = append(out.Slots, sl)
+		}
+		enc := json.NewEncoder(u.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+		for _, e := range askErrs {
+			u.infof("%s", e)
+		}
+		return nil
 	}
 	tw := tabwriter.NewWriter(u.stdout, 0, 0, 2, ' ', 0)
 	size := "unknown (streamed)"
@@ -69,7 +111,21 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		if v == "" {
 			v = "-"
 		}
-		fmt.Fprintf(tw, "  slot %d:\t%s (key version %s)\n", i, s.KEK, v)
+		state := ""
+		switch {
+		case currents[i] == "":
+		case currents[i] == s.KeyVersion:
+			state = ", current"
+		default:
+			state = fmt.Sprintf(", outdated: the current version is %s", currents[i])
+		}
+		fmt.Fprintf(tw, "  slot %d:\t%s (key version %s%s)\n", i, s.KEK, v, state)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, e := range askErrs {
+		u.infof("%s", e)
+	}
+	return nil
 }

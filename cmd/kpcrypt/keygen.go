@@ -44,7 +44,8 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 		if err != nil {
 			return err
 		}
-		u.infof("rotated %s: key version %s is now current (%d versions)", k.URI(), v, len(k.Versions()))
+		vs, _ := k.Versions(ctx)
+		u.infof("rotated %s: key version %s is now current (%d versions)", k.URI(), v, len(vs))
 		fmt.Fprintln(u.stdout, v)
 	}
 	return nil

@@ -5,7 +5,9 @@
 //
 //	kpcrypt encrypt --kek URI [--kek URI]... [-o OUT] [IN]
 //	kpcrypt decrypt [--kek URI]... [-o OUT] [IN]
-//	kpcrypt inspect [--json] FILE
+//	kpcrypt inspect [--json] [--current] FILE
+//	kpcrypt rewrap [--kek URI]... [--to-kek URI]... [--add-kek URI]... [--remove-kek URI]... [--dry-run] PATH...
+//	kpcrypt scan (--below-version VERSION | --outdated) [--kek URI]... PATH...
 //	kpcrypt keygen -o PATH
 //	kpcrypt keygen --rotate PATH
 //
@@ -40,7 +42,9 @@ const usage = `kpcrypt encrypts files under keys held in a KMS, an HSM or a loca
 Usage:
   kpcrypt encrypt --kek URI [--kek URI]... [-o OUT] [--force] [IN]
   kpcrypt decrypt [--kek URI]... [-o OUT] [--force] [IN]
-  kpcrypt inspect [--json] FILE
+  kpcrypt inspect [--json] [--current] FILE
+  kpcrypt rewrap [--kek URI]... [--to-kek URI]... [--add-kek URI]... [--remove-kek URI]... [--dry-run] PATH...
+  kpcrypt scan (--below-version VERSION | --outdated) [--kek URI]... PATH...
   kpcrypt keygen -o PATH
   kpcrypt keygen --rotate PATH
 
@@ -83,6 +87,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdInspect(ctx, ui, rest)
 	case "keygen":
 		err = cmdKeygen(ctx, ui, rest)
+	case "rewrap":
+		err = cmdRewrap(ctx, ui, rest)
+	case "scan":
+		err = cmdScan(ctx, ui, rest)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -95,6 +103,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 0
 	case errors.Is(err, errHelp):
 		return 0
+	case errors.Is(err, errQuiet):
+		return 1
 	case errors.As(err, &ue):
 		ui.errorf("%v", err)
 		fmt.Fprintln(stderr, `kpcrypt: run "kpcrypt -h" for usage`)

@@ -54,7 +54,8 @@ func ParseCRN(s string) (CRN, error) {
 func (c CRN) String() string { return c.raw }
 
 // KEK is a Key Protect or HPCS root key used as a KEK. It implements
-// kms.KEK, kms.Rewrapper, kms.Rotator and kms.VersionReporter.
+// kms.KEK, kms.Rewrapper, kms.Rotator, kms.VersionReporter and
+// kms.VersionLister.
 //
 // The associated data is passed to Key Protect as one string: the base64
 // SHA-256 of the AAD, which fits Key Protect's 255-character limit whatever
@@ -69,6 +70,7 @@ var (
 	_ kms.Rewrapper       = (*KEK)(nil)
 	_ kms.Rotator         = (*KEK)(nil)
 	_ kms.VersionReporter = (*KEK)(nil)
+	_ kms.VersionLister   = (*KEK)(nil)
 )
 
 // NewKEK returns the KEK for a key CRN, called through client, which must be
@@ -151,6 +153,19 @@ func (k *KEK) CurrentVersion(ctx context.Context) (string, error) {
 		return "", k.fail("get key", errors.New("the key has no version"))
 	}
 	return key.KeyVersion.ID, nil
+}
+
+// Versions returns the key's versions, oldest first.
+func (k *KEK) Versions(ctx context.Context) ([]string, error) {
+	vs, err := k.client.KeyVersions(ctx, k.crn.KeyID)
+	if err != nil {
+		return nil, k.fail("list key versions", err)
+	}
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[len(vs)-1-i] = v.ID // the service lists newest first
+	}
+	return out, nil
 }
 
 // Opener opens KEKs from key CRNs, with one client per instance sharing one

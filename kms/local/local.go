@@ -51,6 +51,7 @@ type KEK struct {
 var (
 	_ kms.Rotator         = (*KEK)(nil)
 	_ kms.VersionReporter = (*KEK)(nil)
+	_ kms.VersionLister   = (*KEK)(nil)
 )
 
 // Open opens the local KEK named by uri ("local:PATH"). It has the signature
@@ -183,15 +184,16 @@ func (k *KEK) CurrentVersion(context.Context) (string, error) {
 	return version(k.primary), nil
 }
 
-// Versions returns the IDs of every key in the keyset, in keyset order.
-func (k *KEK) Versions() []string {
+// Versions returns the IDs of every key in the keyset, oldest first
+// (rotation appends).
+func (k *KEK) Versions(context.Context) ([]string, error) {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	var vs []string
 	for _, ki := range k.handle.KeysetInfo().GetKeyInfo() {
 		vs = append(vs, version(ki.GetKeyId()))
 	}
-	return vs
+	return vs, nil
 }
 
 // Rotate adds a new AES-256-GCM key to the keyset, makes it primary, and

@@ -67,7 +67,7 @@ func TestWrapUnwrapRotate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := k2.(*KEK).Versions(); len(got) != 2 {
+	if got, _ := k2.(*KEK).Versions(ctx); len(got) != 2 || got[0] != v1 || got[1] != v2 {
 		t.Fatalf("versions after rotation: %v", got)
 	}
 	res, err = k2.Unwrap(ctx, w1.Ciphertext, []byte("aad"))

@@ -179,6 +179,9 @@ func ReadCore(r io.Reader) (*Core, []byte, error) {
 		if n == 0 && err == io.EOF {
 			return nil, nil, invalid("core", "input is empty")
 		}
+		if n >= len(Magic) && string(fixed[:len(Magic)]) != Magic {
+			return nil, nil, invalid("magic", "%q is not a kpcrypt file", fixed[:len(Magic)])
+		}
 		if err == io.ErrUnexpectedEOF {
 			return nil, nil, invalid("core", "input ends after %d bytes, inside the header", n)
 		}

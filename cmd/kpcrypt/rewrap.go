@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/kms"
+)
+
+func cmdRewrap(ctx context.Context, u *ui, args []string) error {
+	fs := flag.NewFlagSet("rewrap", flag.ContinueOnError)
+	var keks, to, add, remove listFlag
+	fs.Var(&keks, "kek", "`URI` of a KEK of the files' slots (repeatable); without it, the slots' own URIs are opened")
+	fs.Var(&to, "to-kek", "migrate: leave the files with one slot per `URI` given, and no other (repeatable)")
+	fs.Var(&add, "add-kek", "add a slot for the KEK at `URI` (repeatable)")
+	fs.Var(&remove, "remove-kek", "remove the slot of the KEK at `URI` (repeatable); never the last slot")
+	dryRun := fs.Bool("dry-run", false, "say what would change; call no KMS write operation, write nothing")
+	jobs := fs.Int("jobs", 4, "files rewrapped at once: a bound on the KMS calls in flight")
+	quiet := fs.Bool("quiet", false, "print only failures and the summary; no progress bar")
+	paths, err := parseFlags(fs, args)
+	if errors.Is(err, errHelp) {
+		helpFor(fs, u.stdout, "kpcrypt rewrap [--kek URI]... [--to-kek URI] [--add-kek URI] [--remove-kek URI] [--dry-run] PATH...")
+		return errHelp
+	}
+	if err != nil {
+		return err
+	}
+	if len(paths) == 0 {
+		return usagef("rewrap: give at least one file or directory")
+	}
+	if len(to) > 0 && (len(add) > 0 || len(remove) > 0) {
+		return usagef("rewrap: --to-kek replaces every slot; it does not go with --add-kek or --remove-kek")
+	}
+	if *jobs < 1 {
+		return usagef("rewrap: --jobs must be at least 1")
+	}
+	keyring, err := rewrapKeyring(ctx, keks)
+	if err != nil {
+		return err
+	}
+	opts := &envelope.RewrapOptions{Keyring: keyring, Remove: remove, DryRun: *dryRun}
+	if opts.To, err = openKEKs(ctx, to); err != nil {
+		return err
+	}
+	if opts.Add, err = openKEKs(ctx, add); err != nil {
+		return err
+	}
+	files, skipped, err := collectFiles(paths)
+	if err != nil {
+		return err
+	}
+
+	var bar *progressbar.ProgressBar
+	if !*quiet && isTerminal(u.stderr) && len(files) > 1 {
+		bar = progressbar.NewOptions(len(files), progressbar.OptionSetWriter(u.stderr),
+			progressbar.OptionSetDescription("rewrapping"), progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+	}
+	type outcome struct {
+		res *envelope.RewrapResult
+		err error
+	}
+	results := make([]outcome, len(files))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, *jobs)
+	var mu sync.Mutex
+	for i, path := range files {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			res, err := envelope.RewrapPath(ctx, path, opts)
+			results[i] = outcome{res, err}
+			if bar != nil {
+				mu.Lock()
+				bar.Add(1)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if bar != nil {
+		bar.Finish()
+	}
+
+	var nChanged, nCurrent, nFailed int
+	verb := "rewrapped"
+	if *dryRun {
+		verb = "would rewrap"
+	}
+	for i, o := range results {
+		switch {
+		case o.err != nil:
+			nFailed++
+			u.errorf("%s: %v", files[i], o.err)
+		case o.res.Changed:
+			nChanged++
+			if !*quiet {
+				fmt.Fprintf(u.stdout, "%s %s: %s\n", verb, files[i], describeChanges(o.res))
+			}
+		default:
+			nCurrent++
+			if !*quiet {
+				fmt.Fprintf(u.stdout, "current %s\n", files[i])
+			}
+		}
+	}
+	summary := fmt.Sprintf("%d %s, %d already current, %d failed", nChanged, verb, nCurrent, nFailed)
+	if skipped > 0 {
+		summary += fmt.Sprintf(", %d skipped (not kpcrypt files)", skipped)
+	}
+	u.infof("%s", summary)
+	if nFailed > 0 {
+		return errQuiet
+	}
+	return nil
+}
+
+// errQuiet fails the command without another message.
+var errQuiet = errors.New("")
+
+func describeChanges(res *envelope.RewrapResult) string {
+	var parts []string
+	for _, c := range res.Slots {
+		switch c.Action {
+		case "rewrapped":
+			how := "client-side"
+			if c.ServerSide {
+				how = "server-side"
+			}
+			parts = append(parts, fmt.Sprintf("%s %s → %s (%s)", c.URI, orDash(c.OldVersion), orDash(c.NewVersion), how))
+		case "added":
+			parts = append(parts, fmt.Sprintf("added %s", c.URI))
+		case "removed":
+			parts = append(parts, fmt.Sprintf("removed %s", c.URI))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// rewrapKeyring offers the given KEKs first and opens the slots' own URIs of
+// the schemes safe to open from a header.
+func rewrapKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
+	keks, err := openKEKs(ctx, uris)
+	if err != nil {
+		return nil, err
+	}
+	return &envelope.ResolvingKeyring{KEKs: keks, Resolver: autoResolver()}, nil
+}
+
+func openKEKs(ctx context.Context, uris []string) (envelope.KEKs, error) {
+	var keks envelope.KEKs
+	r := resolver()
+	for _, uri := range uris {
+		k, err := r.Open(ctx, uri)
+		if err != nil {
+			return nil, err
+		}
+		keks = append(keks, k)
+	}
+	return keks, nil
+}
+
+// autoResolver opens only the schemes safe to open from a file's header.
+func autoResolver() kms.Resolver {
+	auto := kms.Resolver{}
+	for scheme, open := range resolver() {
+		if slices.Contains(autoOpenSchemes, scheme) {
+			auto[scheme] = open
+		}
+	}
+	return auto
+}
+
+// collectFiles expands directories, recursively, into the kpcrypt files they
+// hold. Files named on the command line are kept whatever they hold; files
+// found in directories are kept only if they start with kpcrypt's magic.
+func collectFiles(paths []string) (files []string, skipped int, err error) {
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, 0, err
+		}
+		if !fi.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.Type().IsRegular() {
+				return nil
+			}
+			if isKpcryptFile(path) {
+				files = append(files, path)
+			} else {
+				skipped++
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, 0, err
+		}
+	}
+	return files, skipped, nil
+}
+
+func isKpcryptFile(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var magic [4]byte
+	_, err = io.ReadFull(f, magic[:])
+	return err == nil && string(magic[:]) == "KPCF"
+}

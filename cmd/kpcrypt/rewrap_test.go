@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
+	"github.com/kpcrypt/kpcrypt/kplocal"
+)
+
+func TestRewrapCommand(t *testing.T) {
+	ctx := context.Background()
+	const instance, apiKey = "5a1e2d3c-4b5a-4c6d-8e7f-9a0b1c2d3e4f", "rewrap-cli-key"
+	srv, err := kplocal.Start(kplocal.Config{InstanceID: instance, APIKey: apiKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	id, _ := srv.CreateKey("rewrap-cli-root", true)
+	crn := srv.KeyCRN(id)
+	opener := &keyprotect.Opener{Config: keyprotect.Config{BaseURL: srv.BaseURL(), IAMURL: srv.BaseURL(), APIKey: apiKey}}
+	k, err := opener.Open(ctx, crn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "IBMCLOUD_API_KEY="+apiKey, "IBMCLOUD_KP_ENDPOINT="+srv.BaseURL(), "IBMCLOUD_IAM_ENDPOINT="+srv.BaseURL())
+	dir, pt := setup(t, 70_000)
+	kpc := func(args ...string) result {
+		t.Helper()
+		cmd := exec.Command(kpcryptBin, args...)
+		cmd.Dir, cmd.Env = dir, env
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return result{stdout.Bytes(), stderr.Bytes(), code}
+	}
+	os.MkdirAll(filepath.Join(dir, "d", "sub"), 0o755)
+	kpc("encrypt", "--kek", crn, "-o", "d/a.kpc", "plain.bin").expect(t, 0)
+	kpc("encrypt", "--kek", crn, "-o", "d/sub/b.kpc", "plain.bin").expect(t, 0)
+	os.WriteFile(filepath.Join(dir, "d", "notes.txt"), []byte("not encrypted"), 0o644)
+	bodyOf := func(p string) []byte {
+		b := readFile(t, filepath.Join(dir, p))
+		return b[4222:] // core 126 + 2 × 2048
+	}
+	bodyA := bodyOf("d/a.kpc")
+
+	v1, _ := k.(kms.VersionReporter).CurrentVersion(ctx)
+	k.(kms.Rotator).Rotate(ctx)
+	v3, _ := k.(kms.Rotator).Rotate(ctx)
+
+	r := kpc("scan", "--outdated", "d")
+	r.expect(t, 0, "2 of 2 files have slots not under their KEK's current version")
+	if !strings.Contains(string(r.stdout), "d/a.kpc\tslot 0\t"+crn+"\tkey version "+v1) || !strings.Contains(string(r.stdout), "d/sub/b.kpc") {
+		t.Fatalf("scan --outdated:\n%s", r.stdout)
+	}
+	kpc("scan", "--below-version", v3, "d").expect(t, 0, "2 of 2 files have slots under a key version older than "+v3)
+	kpc("scan", "--below-version", v1, "d").expect(t, 0, "0 of 2 files")
+	kpc("scan", "d").expect(t, 2)
+
+	r = kpc("inspect", "--current", "d/a.kpc")
+	r.expect(t, 0)
+	if !strings.Contains(string(r.stdout), "outdated: the current version is "+v3) {
+		t.Fatalf("inspect --current:\n%s", r.stdout)
+	}
+
+	before := readFile(t, filepath.Join(dir, "d/a.kpc"))
+	r = kpc("rewrap", "--dry-run", "d")
+	r.expect(t, 0, "2 would rewrap, 0 already current, 0 failed, 1 skipped (not kpcrypt files)")
+	if !bytes.Equal(before, readFile(t, filepath.Join(dir, "d/a.kpc"))) {
+		t.Fatal("--dry-run wrote a file")
+	}
+	st := srv.Stats()
+	r = kpc("rewrap", "d")
+	r.expect(t, 0, "2 rewrapped, 0 already current, 0 failed, 1 skipped")
+	if !strings.Contains(string(r.stdout), v1+" → "+v3+" (server-side)") {
+		t.Fatalf("rewrap output:\n%s", r.stdout)
+	}
+	if got := srv.Stats(); got.Rewrap-st.Rewrap != 2 || got.Unwrap != st.Unwrap || got.Wrap != st.Wrap {
+		t.Fatalf("rewrap made %d rewraps, %d unwraps, %d wraps", got.Rewrap-st.Rewrap, got.Unwrap-st.Unwrap, got.Wrap-st.Wrap)
+	}
+	if !bytes.Equal(bodyOf("d/a.kpc"), bodyA) {
+		t.Fatal("rewrap changed the body")
+	}
+	var h struct {
+		Slots []struct {
+			KeyVersion string `json:"key_version"`
+			Current    *bool  `json:"current"`
+		} `json:"slots"`
+	}
+	json.Unmarshal(kpc("inspect", "--json", "--current", "d/sub/b.kpc").stdout, &h)
+	if len(h.Slots) != 1 || h.Slots[0].KeyVersion != v3 || h.Slots[0].Current == nil || !*h.Slots[0].Current {
+		t.Fatalf("inspect --json --current after rewrap: %+v", h)
+	}
+	r = kpc("decrypt", "d/sub/b.kpc")
+	r.expect(t, 0)
+	if !bytes.Equal(r.stdout, pt) {
+		t.Fatal("rewrapped file decrypts to something else")
+	}
+	// Resumable and idempotent: nothing left to do.
+	st = srv.Stats()
+	kpc("rewrap", "d").expect(t, 0, "0 rewrapped, 2 already current, 0 failed")
+	if got := srv.Stats(); got.Rewrap != st.Rewrap || got.Wrap != st.Wrap {
+		t.Fatal("rewrapping current files made KMS write calls")
+	}
+
+	// Migrate one file to the local KEK, add and remove slots.
+	kpc("rewrap", "--to-kek", "local:kek.json", "d/a.kpc").expect(t, 0, "1 rewrapped")
+	r = kpc("inspect", "d/a.kpc")
+	if !strings.Contains(string(r.stdout), "key slots:       1") || !strings.Contains(string(r.stdout), "local:kek.json") || strings.Contains(string(r.stdout), crn) {
+		t.Fatalf("after migration:\n%s", r.stdout)
+	}
+	kpc("rewrap", "--add-kek", crn, "d/a.kpc").expect(t, 0, "1 rewrapped")
+	kpc("rewrap", "--remove-kek", "local:kek.json", "d/a.kpc").expect(t, 0, "1 rewrapped")
+	r = kpc("rewrap", "--remove-kek", crn, "d/a.kpc")
+	if r.code != 1 || !strings.Contains(string(r.stderr), "at least one") || !strings.Contains(string(r.stderr), "0 rewrapped, 0 already current, 1 failed") {
+		t.Fatalf("removing the last slot: %d\n%s", r.code, r.stderr)
+	}
+	r = kpc("decrypt", "d/a.kpc")
+	r.expect(t, 0)
+	if !bytes.Equal(r.stdout, pt) {
+		t.Fatal("file differs after migrations")
+	}
+	// A file named on the command line that is not a kpcrypt file fails.
+	r = kpc("rewrap", "d/notes.txt")
+	if r.code != 1 || !strings.Contains(string(r.stderr), "d/notes.txt: invalid envelope header: magic") {
+		t.Fatalf("rewrap of a plain file: %d\n%s", r.code, r.stderr)
+	}
+	kpc("rewrap", "--to-kek", crn, "--add-kek", crn, "d").expect(t, 2)
+}

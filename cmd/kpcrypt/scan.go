@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+
+	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/kms"
+)
+
+func cmdScan(ctx context.Context, u *ui, args []string) error {
+	fs := flag.NewFlagSet("scan", flag.ContinueOnError)
+	var keks listFlag
+	below := fs.String("below-version", "", "list slots under a key `VERSION` older than this one (in their KEK's order of versions)")
+	outdated := fs.Bool("outdated", false, "list slots not under their KEK's current version")
+	fs.Var(&keks, "kek", "`URI` of a KEK to ask (repeatable); without it, the slots' own URIs are opened")
+	paths, err := parseFlags(fs, args)
+	if errors.Is(err, errHelp) {
+		helpFor(fs, u.stdout, "kpcrypt scan (--below-version VERSION | --outdated) [--kek URI]... PATH...")
+		return errHelp
+	}
+	if err != nil {
+		return err
+	}
+	if (*below == "") == !*outdated {
+		return usagef("scan: give one of --below-version VERSION or --outdated")
+	}
+	if len(paths) == 0 {
+		return usagef("scan: give at least one file or directory")
+	}
+	keyring, err := rewrapKeyring(ctx, keks)
+	if err != nil {
+		return err
+	}
+	files, _, err := collectFiles(paths)
+	if err != nil {
+		return err
+	}
+	v := &versionCache{ctx: ctx, keyring: keyring, versions: map[string][]string{}, current: map[string]string{}}
+	found, failed := 0, 0
+	for _, path := range files {
+		f, err := os.Open(path)
+		if err != nil {
+			u.errorf("%s: %v", path, err)
+			failed++
+			continue
+		}
+		h, err := envelope.Inspect(f)
+		f.Close()
+		if err != nil {
+			u.errorf("%s: %v", path, err)
+			failed++
+			continue
+		}
+		hit := false
+		for i, s := range h.Slots {
+			var old bool
+			var err error
+			if *outdated {
+				old, err = v.outdated(s)
+			} else {
+				old, err = v.below(s, *below)
+			}
+			if err != nil {
+				u.errorf("%s: slot %d: %v", path, i, err)
+				failed++
+				continue
+			}
+			if old {
+				hit = true
+				fmt.Fprintf(u.stdout, "%s\tslot %d\t%s\tkey version %s\n", path, i, s.KEK, orDash(s.KeyVersion))
+			}
+		}
+		if hit {
+			found++
+		}
+	}
+	what := "not under their KEK's current version"
+	if !*outdated {
+		what = fmt.Sprintf("under a key version older than %s", *below)
+	}
+	u.infof("%d of %d files have slots %s", found, len(files), what)
+	if failed > 0 {
+		return errQuiet
+	}
+	return nil
+}
+
+// versionCache asks each KEK once for its versions.
+type versionCache struct {
+	ctx      context.Context
+	keyring  envelope.Keyring
+	mu       sync.Mutex
+	versions map[string][]string
+	current  map[string]string
+}
+
+func (v *versionCache) kek(uri string) (kms.KEK, error) {
+	keks, err := v.keyring.KEKsFor(v.ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keks {
+		if k.URI() == uri {
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("cannot open KEK %s (give it with --kek)", uri)
+}
+
+func (v *versionCache) below(s envelope.SlotInfo, min string) (bool, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	vs, ok := v.versions[s.KEK]
+	if !ok {
+		k, err := v.kek(s.KEK)
+		if err != nil {
+			return false, err
+		}
+		vl, ok := k.(kms.VersionLister)
+		if !ok {
+			return false, fmt.Errorf("KEK %s cannot list its versions", s.KEK)
+		}
+		if vs, err = vl.Versions(v.ctx); err != nil {
+			return false, err
+		}
+		v.versions[s.KEK] = vs
+	}
+	minAt := slices.Index(vs, min)
+	if minAt < 0 {
+		return false, nil // another KEK's version
+	}
+	at := slices.Index(vs, s.KeyVersion)
+	return at >= 0 && at < minAt, nil
+}
+
+func (v *versionCache) outdated(s envelope.SlotInfo) (bool, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	cur, ok := v.current[s.KEK]
+	if !ok {
+		k, err := v.kek(s.KEK)
+		if err != nil {
+			return false, err
+		}
+		vr, ok := k.(kms.VersionReporter)
+		if !ok {
+			return false, fmt.Errorf("KEK %s cannot tell its current version", s.KEK)
+		}
+		if cur, err = vr.CurrentVersion(v.ctx); err != nil {
+			return false, err
+		}
+		v.current[s.KEK] = cur
+	}
+	return s.KeyVersion != cur, nil
+}

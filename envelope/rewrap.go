@@ -1,0 +1,356 @@
+package envelope
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"syscall"
+
+	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/kms"
+)
+
+// File is what [Rewrap] needs of a file: it reads the header and writes
+// the slot table in place. *os.File is one.
+type File interface {
+	io.ReaderAt
+	io.WriterAt
+	Sync() error
+}
+
+// RewrapOptions says how [Rewrap] changes a file's key slots. With no
+// field but Keyring set, it moves every slot to its KEK's current version.
+type RewrapOptions struct {
+	// Keyring finds the KEKs of the file's slots: to learn their current
+	// versions, to rewrap, and to unwrap the DEK when one must be wrapped
+	// anew (adding or migrating to a KEK, or a KEK that cannot rewrap on
+	// its side).
+	Keyring Keyring
+	// To, when set, migrates the file: afterwards it has exactly one slot
+	// for each of these KEKs, and none for any other.
+	To []kms.KEK
+	// Add adds a slot for each of these KEKs the file lacks.
+	Add []kms.KEK
+	// Remove removes the slots whose KEK URI is listed. The last slot of a
+	// file is never removed.
+	Remove []string
+	// DryRun computes the result but calls no KMS write operation and
+	// writes nothing.
+	DryRun bool
+}
+
+// SlotChange describes what Rewrap did, or would do, to one slot.
+type SlotChange struct {
+	// URI is the slot's KEK.
+	URI string
+	// Action is "current" (kept, already at the current version), "kept"
+	// (its KEK could not be asked), "rewrapped", "added" or "removed".
+	Action string
+	// OldVersion and NewVersion are the key versions before and after.
+	OldVersion, NewVersion string
+	// ServerSide is set when the KMS rewrapped the DEK without the client
+	// seeing it.
+	ServerSide bool
+}
+
+// RewrapResult reports a rewrap.
+type RewrapResult struct {
+	// Changed reports whether the slot table was (or, in a dry run, would
+	// be) rewritten.
+	Changed bool
+	// Slots lists each slot's change.
+	Slots []SlotChange
+	// Sequence is the slot table's sequence after the rewrap.
+	Sequence uint64
+	// Repaired is set when the slots needed no change but one table copy
+	// was stale (left so by an interrupted rewrap) and was rewritten.
+	Repaired bool
+}
+
+// Rewrap changes the key slots of the file f in place: it moves slots to
+// their KEK's current version (by the KMS's server-side rewrap where the KEK
+// offers one, so the DEK never leaves the KMS), migrates to other KEKs, adds
+// or removes slots. It reads and writes only the header: at most
+// [MaxHeaderSize] bytes are read and two slot table copies (2 × 2 KiB by
+// default) written, whatever the size of the file. The update is
+// crash-safe (FORMAT.md §3.3): if it is interrupted at any write or sync the
+// file still decrypts, with its old slots or its new ones. A file already as
+// asked is not written to, and no KMS write operation is made for it
+// (unless an interrupted rewrap left a table copy stale, which is repaired).
+//
+// Rewrap does not lock the file; [RewrapPath] does.
+func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, error) {
+	h, err := format.ReadHeader(io.NewSectionReader(f, 0, MaxHeaderSize))
+	if err != nil {
+		return nil, err
+	}
+	rw := &rewrapper{ctx: ctx, h: h, opts: opts}
+	defer clear(rw.dek)
+	slots, changes, err := rw.plan()
+	if err != nil {
+		return nil, err
+	}
+	res := &RewrapResult{Slots: changes, Sequence: h.Table().Sequence}
+	for _, c := range changes {
+		if c.Action != "current" && c.Action != "kept" {
+			res.Changed = true
+		}
+	}
+	if opts.DryRun {
+		return res, nil
+	}
+	if !res.Changed {
+		// A rewrap interrupted after its first copy leaves the other copy
+		// stale: bring it up to date, so that no old slot lingers.
+		if stale := 1 - h.Active; h.Tables[stale] == nil || h.Tables[stale].Sequence != h.Table().Sequence {
+			enc, err := h.Table().Marshal(h.Core.SlotTableSize)
+			if err != nil {
+				return nil, fmt.Errorf("envelope: %w", err)
+			}
+			if _, err := f.WriteAt(enc, h.TableOffset(stale)); err != nil {
+				return nil, fmt.Errorf("envelope: writing slot table copy %d: %w", stale, err)
+			}
+			if err := f.Sync(); err != nil {
+				return nil, fmt.Errorf("envelope: syncing slot table copy %d: %w", stale, err)
+			}
+			res.Repaired = true
+		}
+		return res, nil
+	}
+	res.Sequence++
+	if err := writeTable(f, h, &format.SlotTable{Sequence: res.Sequence, Slots: slots}); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// RewrapPath rewraps the file at path under an exclusive lock, so that
+// concurrent rewraps of one file take turns.
+func RewrapPath(ctx context.Context, path string, opts *RewrapOptions) (*RewrapResult, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	return Rewrap(ctx, f, opts)
+}
+
+// writeTable writes t over the non-current copy, syncs, then over the other
+// copy, and syncs (FORMAT.md §3.3).
+func writeTable(f File, h *format.Header, t *format.SlotTable) error {
+	enc, err := t.Marshal(h.Core.SlotTableSize)
+	if err != nil {
+		return fmt.Errorf("envelope: %w", err)
+	}
+	for _, copyIndex := range []int{1 - h.Active, h.Active} {
+		if _, err := f.WriteAt(enc, h.TableOffset(copyIndex)); err != nil {
+			return fmt.Errorf("envelope: writing slot table copy %d: %w", copyIndex, err)
+		}
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("envelope: syncing slot table copy %d: %w", copyIndex, err)
+		}
+	}
+	return nil
+}
+
+type rewrapper struct {
+	ctx  context.Context
+	h    *format.Header
+	opts *RewrapOptions
+	dek  []byte // unwrapped on demand
+}
+
+// getDEK unwraps the DEK through any slot, authenticating the header.
+func (rw *rewrapper) getDEK() ([]byte, error) {
+	if rw.dek == nil {
+		dek, _, _, err := openSlots(rw.ctx, rw.h, rw.opts.Keyring, nil)
+		if err != nil {
+			return nil, err
+		}
+		rw.dek = dek
+	}
+	return rw.dek, nil
+}
+
+func (rw *rewrapper) wrap(kek kms.KEK) (format.Slot, error) {
+	if rw.opts.DryRun {
+		// Prove the DEK can be had, but make no KMS write.
+		if _, err := rw.getDEK(); err != nil {
+			return format.Slot{}, err
+		}
+		return format.Slot{AADRecipe: format.AADRecipeV1, URI: kek.URI()}, nil
+	}
+	dek, err := rw.getDEK()
+	if err != nil {
+		return format.Slot{}, err
+	}
+	w, err := kek.Wrap(rw.ctx, dek, slotAAD(rw.h.CoreBytes, kek.URI()))
+	if err != nil {
+		return format.Slot{}, fmt.Errorf("wrapping the data key: %w", err)
+	}
+	return format.Slot{AADRecipe: format.AADRecipeV1, URI: kek.URI(), KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, nil
+}
+
+// plan computes the new slots.
+func (rw *rewrapper) plan() ([]format.Slot, []SlotChange, error) {
+	o := rw.opts
+	old := rw.h.Table().Slots
+	var slots []format.Slot
+	var changes []SlotChange
+
+	if len(o.To) > 0 {
+		for _, s := range old {
+			if !slices.ContainsFunc(o.To, func(k kms.KEK) bool { return k.URI() == s.URI }) {
+				changes = append(changes, SlotChange{URI: s.URI, Action: "removed", OldVersion: s.KeyVersion})
+			}
+		}
+		for _, kek := range o.To {
+			i := slices.IndexFunc(old, func(s format.Slot) bool { return s.URI == kek.URI() })
+			if i >= 0 {
+				s, c, err := rw.refresh(old[i], kek)
+				if err != nil {
+					return nil, nil, err
+				}
+				slots, changes = append(slots, s), append(changes, c)
+				continue
+			}
+			s, err := rw.wrap(kek)
+			if err != nil {
+				return nil, nil, err
+			}
+			slots = append(slots, s)
+			changes = append(changes, SlotChange{URI: kek.URI(), Action: "added", NewVersion: s.KeyVersion})
+		}
+		return slots, changes, nil
+	}
+
+	for _, s := range old {
+		if slices.Contains(o.Remove, s.URI) {
+			changes = append(changes, SlotChange{URI: s.URI, Action: "removed", OldVersion: s.KeyVersion})
+			continue
+		}
+		kek, err := rw.kekFor(s.URI)
+		if err != nil {
+			return nil, nil, err
+		}
+		if kek == nil {
+			slots = append(slots, s)
+			changes = append(changes, SlotChange{URI: s.URI, Action: "kept", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion})
+			continue
+		}
+		ns, c, err := rw.refresh(s, kek)
+		if err != nil {
+			return nil, nil, err
+		}
+		slots, changes = append(slots, ns), append(changes, c)
+	}
+	if len(slots) == 0 && len(o.Add) == 0 {
+		return nil, nil, fmt.Errorf("envelope: removing %d slot(s) would leave the file with none: a file keeps at least one", len(old))
+	}
+	for _, kek := range o.Add {
+		if slices.ContainsFunc(slots, func(s format.Slot) bool { return s.URI == kek.URI() }) {
+			continue
+		}
+		s, err := rw.wrap(kek)
+		if err != nil {
+			return nil, nil, err
+		}
+		slots = append(slots, s)
+		changes = append(changes, SlotChange{URI: kek.URI(), Action: "added", NewVersion: s.KeyVersion})
+	}
+	return slots, changes, nil
+}
+
+// kekFor returns the keyring's KEK whose URI is uri, or nil.
+func (rw *rewrapper) kekFor(uri string) (kms.KEK, error) {
+	if rw.opts.Keyring == nil {
+		return nil, nil
+	}
+	keks, err := rw.opts.Keyring.KEKsFor(rw.ctx, uri)
+	if err != nil {
+		var ke *kms.Error
+		if errors.As(err, &ke) && errors.Is(err, kms.ErrInvalidURI) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	for _, k := range keks {
+		if k.URI() == uri {
+			return k, nil
+		}
+	}
+	return nil, nil
+}
+
+// refresh moves slot s to kek's current version, if it is not there.
+func (rw *rewrapper) refresh(s format.Slot, kek kms.KEK) (format.Slot, SlotChange, error) {
+	c := SlotChange{URI: s.URI, OldVersion: s.KeyVersion, NewVersion: s.KeyVersion}
+	vr, ok := kek.(kms.VersionReporter)
+	if !ok {
+		c.Action = "kept"
+		return s, c, nil
+	}
+	current, err := vr.CurrentVersion(rw.ctx)
+	if err != nil {
+		return s, c, err
+	}
+	if current == s.KeyVersion {
+		c.Action = "current"
+		return s, c, nil
+	}
+	c.Action, c.NewVersion = "rewrapped", current
+	if rw.opts.DryRun {
+		_, c.ServerSide = kek.(kms.Rewrapper)
+		return s, c, nil
+	}
+	if r, ok := kek.(kms.Rewrapper); ok {
+		w, err := r.Rewrap(rw.ctx, s.Wrapped, slotAAD(rw.h.CoreBytes, s.URI))
+		if err != nil {
+			return s, c, fmt.Errorf("rewrapping the data key: %w", err)
+		}
+		c.ServerSide, c.NewVersion = true, w.KeyVersion
+		return format.Slot{AADRecipe: format.AADRecipeV1, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c, nil
+	}
+	ns, err := rw.wrap(kek)
+	if err != nil {
+		return s, c, err
+	}
+	c.NewVersion = ns.KeyVersion
+	return ns, c, nil
+}
+
+// SaveRewrapped writes into the file at path the newer wrapping a KMS handed
+// back while a Reader opened it (OpenedSlot.Rewrapped), so that the file
+// moves to the newer key version without another KMS call. It does nothing
+// if there is none. The file is locked while its slot table is rewritten.
+func SaveRewrapped(path string, opened OpenedSlot) error {
+	if opened.Rewrapped == nil {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("locking %s: %w", path, err)
+	}
+	h, err := format.ReadHeader(io.NewSectionReader(f, 0, MaxHeaderSize))
+	if err != nil {
+		return err
+	}
+	t := h.Table()
+	slots := slices.Clone(t.Slots)
+	i := opened.Index
+	if i >= len(slots) || slots[i].URI != opened.URI || slots[i].KeyVersion != opened.KeyVersion {
+		return nil // the table changed since: nothing to save
+	}
+	slots[i].KeyVersion, slots[i].Wrapped = opened.Rewrapped.KeyVersion, opened.Rewrapped.Ciphertext
+	return writeTable(f, h, &format.SlotTable{Sequence: t.Sequence + 1, Slots: slots})
+}

@@ -1,0 +1,493 @@
+package envelope
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
+	"github.com/kpcrypt/kpcrypt/kms/local"
+	"github.com/kpcrypt/kpcrypt/kplocal"
+)
+
+// kpEnv is a kplocal server with no rotation limit and a KEK opener for it.
+type kpEnv struct {
+	srv    *kplocal.Running
+	opener *keyprotect.Opener
+}
+
+func startKP(t *testing.T) *kpEnv {
+	t.Helper()
+	srv, err := kplocal.Start(kplocal.Config{InstanceID: "0b6f2f4e-8f57-4a3c-a4f0-6c2a1f0d9e11", APIKey: "rewrap-test-key"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return &kpEnv{srv: srv, opener: &keyprotect.Opener{Config: keyprotect.Config{
+		BaseURL: srv.BaseURL(), IAMURL: srv.BaseURL(), APIKey: "rewrap-test-key"}}}
+}
+
+func (e *kpEnv) kek(t *testing.T, name string) *keyprotect.KEK {
+	t.Helper()
+	id, err := e.srv.CreateKey(name, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := e.opener.Open(context.Background(), e.srv.KeyCRN(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.(*keyprotect.KEK)
+}
+
+func (e *kpEnv) keyring() *ResolvingKeyring {
+	return &ResolvingKeyring{Resolver: kms.Resolver{keyprotect.Scheme: e.opener.Open, local.Scheme: local.Open}}
+}
+
+// encryptFile writes a file of n bytes encrypted under keks and returns its
+// path and plaintext.
+func encryptFile(t *testing.T, dir, name string, n int, keks ...kms.KEK) (string, []byte) {
+	t.Helper()
+	pt := testPlaintext(n)
+	ct, err := (&Encrypter{KEKs: keks, ChunkSize: 4096}).Seal(context.Background(), pt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, ct, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, pt
+}
+
+func mustDecrypt(t *testing.T, path string, want []byte, keyring Keyring) *OpenedSlot {
+	t.Helper()
+	ct, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewReader(context.Background(), bytes.NewReader(ct), keyring)
+	if err != nil {
+		t.Fatalf("%s: %v", filepath.Base(path), err)
+	}
+	defer r.Close()
+	var got bytes.Buffer
+	if _, err := got.ReadFrom(r); err != nil || !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("%s: decrypt: %v", filepath.Base(path), err)
+	}
+	s := r.Slot()
+	return &s
+}
+
+func slotVersions(t *testing.T, path string) []string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h, err := Inspect(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs []string
+	for _, s := range h.Slots {
+		vs = append(vs, s.KEK+"@"+s.KeyVersion)
+	}
+	return vs
+}
+
+// body returns the file's bytes after its header.
+func body(t *testing.T, path string) []byte {
+	t.Helper()
+	b, _ := os.ReadFile(path)
+	h, err := Inspect(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b[h.HeaderSize:]
+}
+
+func TestRewrapAfterKeyProtectRotations(t *testing.T) {
+	ctx := context.Background()
+	kp := startKP(t)
+	kek := kp.kek(t, "files")
+	dir := t.TempDir()
+	var paths []string
+	var pts [][]byte
+	for i := range 3 {
+		p, pt := encryptFile(t, dir, fmt.Sprintf("f%d.kpc", i), 10_000+i*5000, kek)
+		paths, pts = append(paths, p), append(pts, pt)
+	}
+	bodies := make([][]byte, len(paths))
+	for i, p := range paths {
+		bodies[i] = body(t, p)
+	}
+	v1, _ := kek.CurrentVersion(ctx)
+	for range 2 {
+		if _, err := kek.Rotate(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v3, _ := kek.CurrentVersion(ctx)
+	// Old files still decrypt, and the reader hands back a newer wrapping.
+	for i, p := range paths {
+		s := mustDecrypt(t, p, pts[i], kp.keyring())
+		if s.KeyVersion != v1 || s.Rewrapped == nil || s.Rewrapped.KeyVersion != v3 {
+			t.Fatalf("%s: slot %+v", p, s)
+		}
+	}
+
+	// Rewrap every file: on the server side, never unwrapping.
+	before := kp.srv.Stats()
+	for i, p := range paths {
+		res, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: kp.keyring()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := res.Slots[0]
+		if !res.Changed || c.Action != "rewrapped" || !c.ServerSide || c.OldVersion != v1 || c.NewVersion != v3 || res.Sequence != 2 {
+			t.Fatalf("rewrap %s: %+v", p, res)
+		}
+		if !bytes.Equal(body(t, p), bodies[i]) {
+			t.Fatalf("%s: the body changed", p)
+		}
+		if s := mustDecrypt(t, p, pts[i], kp.keyring()); s.KeyVersion != v3 || s.Rewrapped != nil {
+			t.Fatalf("%s after rewrap: %+v", p, s)
+		}
+	}
+	after := kp.srv.Stats()
+	if after.Rewrap-before.Rewrap != 3 || after.Unwrap-before.Unwrap != 3 || after.Wrap != before.Wrap {
+		// 3 unwraps are the decrypt checks above; the rewraps unwrapped nothing.
+		t.Fatalf("KMS calls during rewrap: %d rewraps, %d unwraps, %d wraps", after.Rewrap-before.Rewrap, after.Unwrap-before.Unwrap, after.Wrap-before.Wrap)
+	}
+
+	// Idempotent: no KMS write call and no file write the second time.
+	before = kp.srv.Stats()
+	for _, p := range paths {
+		info, _ := os.Stat(p)
+		old, _ := os.ReadFile(p)
+		res, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: kp.keyring()})
+		if err != nil || res.Changed || res.Slots[0].Action != "current" {
+			t.Fatalf("second rewrap: %v %+v", err, res)
+		}
+		now, _ := os.ReadFile(p)
+		info2, _ := os.Stat(p)
+		if !bytes.Equal(old, now) || !info.ModTime().Equal(info2.ModTime()) {
+			t.Fatal("an already current file was written")
+		}
+	}
+	after = kp.srv.Stats()
+	if after.Rewrap != before.Rewrap || after.Wrap != before.Wrap || after.Unwrap != before.Unwrap || after.Rotate != before.Rotate {
+		t.Fatal("an already current file cost a KMS write call")
+	}
+}
+
+func TestRewrapLocalAndDryRun(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	k := newLocalKEK(t, "kek")
+	p, pt := encryptFile(t, dir, "f.kpc", 50_000, k)
+	old, _ := os.ReadFile(p)
+	v2, _ := k.Rotate(ctx)
+	keyring := KEKs{k}
+
+	res, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: keyring, DryRun: true})
+	if err != nil || !res.Changed || res.Slots[0].NewVersion != v2 || res.Slots[0].ServerSide {
+		t.Fatalf("dry run: %v %+v", err, res)
+	}
+	if now, _ := os.ReadFile(p); !bytes.Equal(now, old) {
+		t.Fatal("a dry run wrote the file")
+	}
+	res, err = RewrapPath(ctx, p, &RewrapOptions{Keyring: keyring})
+	if err != nil || !res.Changed || res.Slots[0].ServerSide {
+		t.Fatalf("rewrap: %v %+v", err, res)
+	}
+	if s := mustDecrypt(t, p, pt, keyring); s.KeyVersion != v2 {
+		t.Fatalf("version after rewrap %q, want %q", s.KeyVersion, v2)
+	}
+}
+
+func TestMinKeyVersion(t *testing.T) {
+	ctx := context.Background()
+	k := newLocalKEK(t, "kek")
+	v1, _ := k.CurrentVersion(ctx)
+	path, pt := encryptFile(t, t.TempDir(), "f.kpc", 1000, k)
+	v2, _ := k.Rotate(ctx)
+	ct, _ := os.ReadFile(path)
+	strict := &Decrypter{Keyring: KEKs{k}, MinKeyVersions: map[string]string{k.URI(): v2}}
+	_, err := strict.Open(ctx, ct)
+	if !errors.Is(err, ErrKeyVersionRetired) || !errors.Is(err, ErrNoKEK) {
+		t.Fatalf("slot under retired version %s: %v", v1, err)
+	}
+	lenient := &Decrypter{Keyring: KEKs{k}, MinKeyVersions: map[string]string{k.URI(): v1}}
+	if got, err := lenient.Open(ctx, ct); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("minimum at the slot's version: %v", err)
+	}
+	if _, err := RewrapPath(ctx, path, &RewrapOptions{Keyring: KEKs{k}}); err != nil {
+		t.Fatal(err)
+	}
+	ct, _ = os.ReadFile(path)
+	if got, err := strict.Open(ctx, ct); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("after rewrap under the minimum: %v", err)
+	}
+}
+
+func TestMigrateAddRemove(t *testing.T) {
+	ctx := context.Background()
+	kp := startKP(t)
+	kpA, kpB := kp.kek(t, "key-a"), kp.kek(t, "key-b")
+	loc := newLocalKEK(t, "local")
+	dir := t.TempDir()
+	keyring := &ResolvingKeyring{KEKs: KEKs{loc}, Resolver: kp.keyring().Resolver}
+
+	// local → Key Protect.
+	p, pt := encryptFile(t, dir, "f.kpc", 30_000, loc)
+	bodyBefore := body(t, p)
+	res, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: keyring, To: []kms.KEK{kpA}})
+	if err != nil || !res.Changed {
+		t.Fatalf("migrate: %v %+v", err, res)
+	}
+	if vs := slotVersions(t, p); len(vs) != 1 || vs[0] != kpA.URI()+"@"+mustVersion(t, kpA) {
+		t.Fatalf("slots after migration: %v", vs)
+	}
+	if _, err := Open(ctx, mustRead(t, p), KEKs{loc}); !errors.Is(err, ErrNoKEK) {
+		t.Fatalf("the local KEK still opens the migrated file: %v", err)
+	}
+	mustDecrypt(t, p, pt, KEKs{kpA})
+	if !bytes.Equal(body(t, p), bodyBefore) {
+		t.Fatal("migration changed the body")
+	}
+
+	// Key Protect key A → key B.
+	if _, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: keyring, To: []kms.KEK{kpB}}); err != nil {
+		t.Fatal(err)
+	}
+	mustDecrypt(t, p, pt, KEKs{kpB})
+	if _, err := Open(ctx, mustRead(t, p), KEKs{kpA}); !errors.Is(err, ErrNoKEK) {
+		t.Fatalf("key A still opens the file: %v", err)
+	}
+
+	// Add a slot, remove one, never the last.
+	if _, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: keyring, Add: []kms.KEK{loc}}); err != nil {
+		t.Fatal(err)
+	}
+	if vs := slotVersions(t, p); len(vs) != 2 {
+		t.Fatalf("slots after add: %v", vs)
+	}
+	mustDecrypt(t, p, pt, KEKs{loc})
+	res, err = RewrapPath(ctx, p, &RewrapOptions{Keyring: keyring, Add: []kms.KEK{loc}})
+	if err != nil || res.Changed {
+		t.Fatalf("adding a KEK twice: %v %+v", err, res)
+	}
+	if _, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: keyring, Remove: []string{kpB.URI()}}); err != nil {
+		t.Fatal(err)
+	}
+	if vs := slotVersions(t, p); len(vs) != 1 || vs[0] != loc.URI()+"@"+mustVersion(t, loc) {
+		t.Fatalf("slots after remove: %v", vs)
+	}
+	if _, err := Open(ctx, mustRead(t, p), KEKs{kpB}); !errors.Is(err, ErrNoKEK) {
+		t.Fatal("a removed KEK still opens the file")
+	}
+	// Neither table copy keeps the removed slot.
+	if raw := mustRead(t, p); bytes.Contains(raw, []byte(kpB.URI())) {
+		t.Fatal("the removed slot lingers in the file")
+	}
+	_, err = RewrapPath(ctx, p, &RewrapOptions{Keyring: keyring, Remove: []string{loc.URI()}})
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("at least one")) {
+		t.Fatalf("removing the last slot: %v", err)
+	}
+	mustDecrypt(t, p, pt, KEKs{loc})
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func mustVersion(t *testing.T, k kms.KEK) string {
+	t.Helper()
+	v, err := k.(kms.VersionReporter).CurrentVersion(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// faultyFile fails at its n-th write or sync (counting from 1). A failing
+// write first writes half its bytes: a torn write, as in a crash.
+type faultyFile struct {
+	*os.File
+	n, ops       int
+	read, writes int64
+}
+
+var errInjected = errors.New("injected failure")
+
+func (f *faultyFile) ReadAt(p []byte, off int64) (int, error) {
+	n, err := f.File.ReadAt(p, off)
+	f.read += int64(n)
+	return n, err
+}
+
+func (f *faultyFile) WriteAt(p []byte, off int64) (int, error) {
+	f.ops++
+	if f.ops == f.n {
+		n, _ := f.File.WriteAt(p[:len(p)/2], off)
+		f.writes += int64(n)
+		return n, errInjected
+	}
+	n, err := f.File.WriteAt(p, off)
+	f.writes += int64(n)
+	return n, err
+}
+
+func (f *faultyFile) Sync() error {
+	f.ops++
+	if f.ops == f.n {
+		return errInjected
+	}
+	return f.File.Sync()
+}
+
+func TestRewrapCrashAtEveryWrite(t *testing.T) {
+	ctx := context.Background()
+	k := newLocalKEK(t, "kek")
+	other := newLocalKEK(t, "other")
+	dir := t.TempDir()
+	orig, pt := encryptFile(t, dir, "orig.kpc", 20_000, k)
+	k.Rotate(ctx)
+	origBytes := mustRead(t, orig)
+	for _, opts := range []*RewrapOptions{
+		{Keyring: KEKs{k}},                                  // rotation
+		{Keyring: KEKs{k}, To: []kms.KEK{other}},            // migration
+		{Keyring: KEKs{k}, Add: []kms.KEK{other}},           // add
+		{Keyring: KEKs{k, other}, Remove: []string{"none"}}, // nothing to do: no write at all
+	} {
+		// Writes and syncs: copy B, sync, copy A, sync.
+		for n := 1; n <= 4; n++ {
+			p := filepath.Join(dir, fmt.Sprintf("crash-%d.kpc", n))
+			os.WriteFile(p, origBytes, 0o600)
+			f, err := os.OpenFile(p, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Rewrap(ctx, &faultyFile{File: f, n: n}, opts)
+			f.Close()
+			// Whatever happened, the file decrypts with its old or new slots.
+			mustDecrypt(t, p, pt, KEKs{k, other})
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, errInjected) {
+				t.Fatalf("fault %d: %v", n, err)
+			}
+			// Re-running finishes the job.
+			res, err := RewrapPath(ctx, p, opts)
+			if err != nil {
+				t.Fatalf("resume after fault %d: %v", n, err)
+			}
+			if n >= 2 && res.Changed && len(opts.To) == 0 && len(opts.Add) == 0 {
+				// The new table was complete in one copy: already current.
+				t.Fatalf("fault %d: rewrap redone although a copy held the new table", n)
+			}
+			mustDecrypt(t, p, pt, KEKs{k, other})
+			h, _ := format.ReadHeader(bytes.NewReader(mustRead(t, p)))
+			if h.Tables[0] == nil || h.Tables[1] == nil || h.Tables[0].Sequence != h.Tables[1].Sequence {
+				t.Fatalf("fault %d: after the resumed rewrap the copies differ", n)
+			}
+		}
+	}
+}
+
+func TestRewrapIOIsHeaderOnly(t *testing.T) {
+	ctx := context.Background()
+	k := newLocalKEK(t, "kek")
+	dir := t.TempDir()
+	var reads, writes []int64
+	for _, n := range []int{1 << 10, 32 << 20} {
+		p, _ := encryptFile(t, dir, fmt.Sprint(n), n, k)
+		f, _ := os.OpenFile(p, os.O_RDWR, 0)
+		ff := &faultyFile{File: f}
+		if _, err := Rewrap(ctx, ff, &RewrapOptions{Keyring: KEKs{k}, Add: []kms.KEK{newLocalKEK(t, fmt.Sprint("add", n))}}); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		reads, writes = append(reads, ff.read), append(writes, ff.writes)
+	}
+	if reads[0] != reads[1] || writes[0] != writes[1] {
+		t.Fatalf("I/O depends on the file size: read %v, wrote %v", reads, writes)
+	}
+	if writes[0] != 2*DefaultSlotTableSize || reads[0] > MaxHeaderSize {
+		t.Fatalf("rewrap read %d and wrote %d bytes", reads[0], writes[0])
+	}
+}
+
+func TestConcurrentRewrapsOfOneFile(t *testing.T) {
+	ctx := context.Background()
+	kp := startKP(t)
+	kek := kp.kek(t, "root-key")
+	p, pt := encryptFile(t, t.TempDir(), "f.kpc", 40_000, kek)
+	kek.Rotate(ctx)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	changed := make(chan bool, 8)
+	for range 8 {
+		wg.Go(func() {
+			res, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: kp.keyring()})
+			if err != nil {
+				errs <- err
+				return
+			}
+			changed <- res.Changed
+		})
+	}
+	wg.Wait()
+	close(errs)
+	close(changed)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	n := 0
+	for c := range changed {
+		if c {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d of 8 concurrent rewraps changed the file, want exactly 1", n)
+	}
+	if s := mustDecrypt(t, p, pt, kp.keyring()); s.KeyVersion != mustVersion(t, kek) {
+		t.Fatalf("version after concurrent rewraps: %+v", s)
+	}
+}
+
+func TestSaveRewrapped(t *testing.T) {
+	ctx := context.Background()
+	kp := startKP(t)
+	kek := kp.kek(t, "root-key")
+	p, pt := encryptFile(t, t.TempDir(), "f.kpc", 5000, kek)
+	kek.Rotate(ctx)
+	s := mustDecrypt(t, p, pt, kp.keyring())
+	if s.Rewrapped == nil {
+		t.Fatal("no newer wrapping after a rotation")
+	}
+	if err := SaveRewrapped(p, *s); err != nil {
+		t.Fatal(err)
+	}
+	s2 := mustDecrypt(t, p, pt, kp.keyring())
+	if s2.KeyVersion != s.Rewrapped.KeyVersion || s2.Rewrapped != nil {
+		t.Fatalf("after saving: %+v", s2)
+	}
+}
