@@ -31,6 +31,10 @@ type Decrypter struct {
 	// older version is refused with [ErrKeyVersionRetired]. The KEK must
 	// list its versions ([kms.VersionLister]).
 	MinKeyVersions map[string]string
+	// Cache, when set, keeps unwrapped DEKs so that files sharing a DEK
+	// (see [DataKeyReuse]), or a file opened again, cost no KMS call. It
+	// may be shared by several Decrypters.
+	Cache *DataKeyCache
 }
 
 // OpenedSlot tells which key slot opened a file.
@@ -158,7 +162,7 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 	if err := checkContext(h.Core.Context, d.Context); err != nil {
 		return nil, nil, err
 	}
-	dek, c, slot, err := openSlots(ctx, h, d.Keyring, d.MinKeyVersions)
+	dek, c, slot, err := openSlots(ctx, h, d.Keyring, d.MinKeyVersions, d.Cache)
 	clear(dek)
 	return c, slot, err
 }
@@ -166,7 +170,7 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 // openSlots tries the keyring's KEKs on each slot until one unwraps the DEK,
 // and authenticates the header with it. Slots under a key version older than
 // the minimum for their KEK are refused. The caller clears the DEK.
-func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersions map[string]string) ([]byte, *stream.Cipher, *OpenedSlot, error) {
+func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersions map[string]string, cache *DataKeyCache) ([]byte, *stream.Cipher, *OpenedSlot, error) {
 	if keyring == nil {
 		return nil, nil, nil, errors.New("envelope: no keyring to open the file with")
 	}
@@ -184,7 +188,20 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersio
 				continue
 			}
 		}
-		aad := slotAAD(h.CoreBytes, slot.URI)
+		aad, err := aadForSlot(h, &slot)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if cache != nil {
+			if dek, version, ok := cache.get(slot.URI, slot.Wrapped, aad); ok {
+				c, err := authenticate(h, &slot, kms.UnwrapResult{DEK: dek, KeyVersion: version})
+				if err != nil {
+					clear(dek)
+					return nil, nil, nil, err
+				}
+				return dek, c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion}, nil
+			}
+		}
 		for _, kek := range keks {
 			res, err := kek.Unwrap(ctx, slot.Wrapped, aad)
 			if err != nil {
@@ -200,6 +217,9 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersio
 			if err != nil {
 				clear(res.DEK)
 				return nil, nil, nil, err
+			}
+			if cache != nil {
+				cache.put(slot.URI, slot.Wrapped, aad, res.DEK, res.KeyVersion)
 			}
 			return res.DEK, c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion, Rewrapped: res.Rewrapped}, nil
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
 	"github.com/kpcrypt/kpcrypt/kms"
@@ -54,6 +55,13 @@ type Encrypter struct {
 	// header, authenticated, and bound into the data given to the KEKs.
 	// It is not secret.
 	Context map[string]string
+	// Reuse, when set, shares one wrapped DEK among several streams to save
+	// KMS calls; see [DataKeyReuse]. Nil gives every stream its own DEK.
+	Reuse *DataKeyReuse
+
+	mu     sync.Mutex
+	shared *sharedKey
+	now    func() time.Time // time.Now outside tests
 }
 
 // Encrypt encrypts src into dst under keks, each wrapping the file's DEK.
@@ -110,7 +118,7 @@ func (e *Encrypter) Seal(ctx context.Context, plaintext []byte) ([]byte, error) 
 // the header, or [UnknownSize]; when it is given, Close fails unless exactly
 // size bytes were written. Close must be called; it does not close dst.
 func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*Writer, error) {
-	header, c, err := e.newHeader(ctx, size)
+	header, c, shared, err := e.newHeader(ctx, size)
 	if err != nil {
 		return nil, err
 	}
@@ -121,21 +129,26 @@ func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*
 	if size >= 0 && size < int64(c.Header().ChunkSize) {
 		workers = 1 // one chunk: no goroutine is worth starting
 	}
-	return &Writer{sw: c.NewWriter(dst, &stream.Options{Workers: workers}), size: size}, nil
+	w := &Writer{sw: c.NewWriter(dst, &stream.Options{Workers: workers}), size: size}
+	if shared != nil && size < 0 {
+		w.onClose = func(n int64) { e.countBytes(shared, n) }
+	}
+	return w, nil
 }
 
-// newHeader makes a DEK and returns the encoded header and the stream cipher.
-func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.Cipher, error) {
+// newHeader makes a DEK and returns the encoded header, the stream cipher,
+// and the shared DEK the stream uses, if any.
+func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.Cipher, *sharedKey, error) {
 	if len(e.KEKs) == 0 {
-		return nil, nil, fmt.Errorf("envelope: no KEK to wrap the data key")
+		return nil, nil, nil, fmt.Errorf("envelope: no KEK to wrap the data key")
 	}
 	if len(e.KEKs) > MaxSlots {
-		return nil, nil, fmt.Errorf("envelope: %d KEKs, over the limit of %d key slots", len(e.KEKs), MaxSlots)
+		return nil, nil, nil, fmt.Errorf("envelope: %d KEKs, over the limit of %d key slots", len(e.KEKs), MaxSlots)
 	}
 	for i, k := range e.KEKs {
 		for _, other := range e.KEKs[:i] {
 			if k.URI() == other.URI() {
-				return nil, nil, fmt.Errorf("envelope: KEK %s given twice", k.URI())
+				return nil, nil, nil, fmt.Errorf("envelope: KEK %s given twice", k.URI())
 			}
 		}
 	}
@@ -144,63 +157,143 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 		tableSize = DefaultSlotTableSize
 	}
 	if tableSize < MinSlotTableSize || tableSize > MaxSlotTableSize {
-		return nil, nil, fmt.Errorf("envelope: slot table size %d out of range [%d, %d]", tableSize, MinSlotTableSize, MaxSlotTableSize)
+		return nil, nil, nil, fmt.Errorf("envelope: slot table size %d out of range [%d, %d]", tableSize, MinSlotTableSize, MaxSlotTableSize)
 	}
 
-	dek := make([]byte, stream.KeySize)
-	defer clear(dek)
-	if _, err := rand.Read(dek); err != nil {
-		return nil, nil, err
+	pairs := sortedContext(e.Context)
+	dek, shared, err := e.dataKey(ctx, pairs, size)
+	if err != nil {
+		return nil, nil, nil, err
 	}
+	defer clear(dek)
 	sh, err := stream.NewHeader(dek, e.ChunkSize)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	c, err := stream.NewCipher(dek, sh)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if size >= 0 {
 		if _, err := sh.BodySize(size); err != nil {
-			return nil, nil, fmt.Errorf("envelope: plaintext of %d bytes: %w", size, err)
+			return nil, nil, nil, fmt.Errorf("envelope: plaintext of %d bytes: %w", size, err)
 		}
 	} else {
 		size = UnknownSize
 	}
-	core := &format.Core{SlotTableSize: tableSize, PlaintextSize: size, Stream: sh, Context: sortedContext(e.Context)}
+	core := &format.Core{SlotTableSize: tableSize, PlaintextSize: size, Stream: sh, Context: pairs}
 	if core.MAC, err = headerMAC(dek, core); err != nil {
-		return nil, nil, fmt.Errorf("envelope: %w", err)
+		return nil, nil, nil, fmt.Errorf("envelope: %w", err)
 	}
 	coreBytes, err := core.Marshal()
 	if err != nil {
-		return nil, nil, fmt.Errorf("envelope: %w", err)
+		return nil, nil, nil, fmt.Errorf("envelope: %w", err)
 	}
 
-	slots, err := wrapAll(ctx, e.KEKs, dek, coreBytes)
-	if err != nil {
-		return nil, nil, err
+	var slots []format.Slot
+	if shared != nil {
+		slots = shared.slots
+	} else if slots, err = wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return slotAAD(coreBytes, uri) }, format.AADRecipeV1); err != nil {
+		return nil, nil, nil, err
 	}
 	table, err := (&format.SlotTable{Sequence: 1, Slots: slots}).Marshal(tableSize)
 	if err != nil {
-		return nil, nil, fmt.Errorf("envelope: %w (raise the slot table size)", err)
+		return nil, nil, nil, fmt.Errorf("envelope: %w (raise the slot table size)", err)
 	}
-	return slices.Concat(coreBytes, table, table), c, nil
+	return slices.Concat(coreBytes, table, table), c, shared, nil
 }
 
-// wrapAll wraps dek under every KEK at once, one slot each.
-func wrapAll(ctx context.Context, keks []kms.KEK, dek, coreBytes []byte) ([]format.Slot, error) {
+// dataKey returns a DEK for a new stream: a fresh one, or with DataKeyReuse
+// a copy of the shared one, which it renews when a limit is reached. The
+// caller clears the DEK.
+func (e *Encrypter) dataKey(ctx context.Context, pairs []format.Pair, size int64) ([]byte, *sharedKey, error) {
+	fresh := func() ([]byte, error) {
+		dek := make([]byte, stream.KeySize)
+		if _, err := rand.Read(dek); err != nil {
+			return nil, err
+		}
+		return dek, nil
+	}
+	if e.Reuse == nil {
+		dek, err := fresh()
+		return dek, nil, err
+	}
+	maxStreams, maxAge, maxBytes := e.Reuse.limits()
+	if maxStreams <= 1 {
+		dek, err := fresh()
+		return dek, nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := time.Now
+	if e.now != nil {
+		now = e.now
+	}
+	k := e.shared
+	if k == nil || k.streams >= maxStreams || now().Sub(k.created) >= maxAge || k.bytes >= maxBytes ||
+		size > 0 && k.bytes+size > maxBytes && k.streams > 0 {
+		if k != nil {
+			clear(k.dek)
+			e.shared = nil
+		}
+		dek, err := fresh()
+		if err != nil {
+			return nil, nil, err
+		}
+		encCtx, err := format.EncodeContext(pairs)
+		if err != nil {
+			clear(dek)
+			return nil, nil, fmt.Errorf("envelope: %w", err)
+		}
+		slots, err := wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return sharedSlotAAD(encCtx, uri) }, format.AADRecipeShared)
+		if err != nil {
+			clear(dek)
+			return nil, nil, err
+		}
+		k = &sharedKey{dek: dek, slots: slots, created: now()}
+		e.shared = k
+	}
+	k.streams++
+	if size > 0 {
+		k.bytes += size
+	}
+	return slices.Clone(k.dek), k, nil
+}
+
+// countBytes adds the plaintext of a stream of unknown size to the shared
+// DEK's count once the stream is closed.
+func (e *Encrypter) countBytes(k *sharedKey, n int64) {
+	e.mu.Lock()
+	k.bytes += n
+	e.mu.Unlock()
+}
+
+// ClearDataKey zeroes and forgets the DEK kept for reuse, if any; the next
+// stream gets a new one.
+func (e *Encrypter) ClearDataKey() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.shared != nil {
+		clear(e.shared.dek)
+		e.shared = nil
+	}
+}
+
+// wrapAll wraps dek under every KEK at once, one slot each, with the
+// associated data aad gives for each URI.
+func wrapAll(ctx context.Context, keks []kms.KEK, dek []byte, aad func(uri string) []byte, recipe uint8) ([]format.Slot, error) {
 	slots := make([]format.Slot, len(keks))
 	errs := make([]error, len(keks))
 	var wg sync.WaitGroup
 	for i, kek := range keks {
 		wg.Go(func() {
 			uri := kek.URI()
-			w, err := kek.Wrap(ctx, dek, slotAAD(coreBytes, uri))
+			w, err := kek.Wrap(ctx, dek, aad(uri))
 			if err != nil {
 				errs[i] = fmt.Errorf("wrapping the data key: %w", err)
 				return
 			}
-			slots[i] = format.Slot{AADRecipe: format.AADRecipeV1, URI: uri, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}
+			slots[i] = format.Slot{AADRecipe: recipe, URI: uri, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}
 		})
 	}
 	wg.Wait()
@@ -236,6 +329,8 @@ type Writer struct {
 	size int64 // UnknownSize or the size announced in the header
 	n    int64 // bytes written so far
 	err  error // sticky: more bytes were offered than announced
+	// onClose, if set, learns the plaintext size at Close.
+	onClose func(n int64)
 }
 
 // Write encrypts p.
@@ -275,6 +370,10 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 // does not close the underlying writer.
 func (w *Writer) Close() error {
 	err := w.sw.Close()
+	if w.onClose != nil {
+		w.onClose(w.n)
+		w.onClose = nil
+	}
 	if w.err != nil {
 		return w.err
 	}

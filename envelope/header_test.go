@@ -538,7 +538,7 @@ func TestBoundsBeforeAnyKEK(t *testing.T) {
 		"wrapped DEK empty":         withTables(fixtureTableSize, specTable(fixtureTableSize, 1, 1, []rawSlot{{1, slot.URI, "1", nil}})),
 		"wrapped DEK of 4097 bytes": withTables(8192, specTable(8192, 1, 1, []rawSlot{{1, slot.URI, "1", make([]byte, format.MaxWrappedSize+1)}})),
 		"AAD recipe 0":              withTables(fixtureTableSize, specTable(fixtureTableSize, 1, 1, []rawSlot{{0, slot.URI, slot.KeyVersion, slot.Wrapped}})),
-		"AAD recipe 2":              withTables(fixtureTableSize, specTable(fixtureTableSize, 1, 1, []rawSlot{{2, slot.URI, slot.KeyVersion, slot.Wrapped}})),
+		"AAD recipe 3":              withTables(fixtureTableSize, specTable(fixtureTableSize, 1, 1, []rawSlot{{3, slot.URI, slot.KeyVersion, slot.Wrapped}})),
 		"table magic":               withCopies(func(tb []byte) { tb[0] = 'X' }),
 		"non-zero padding":          withCopies(func(tb []byte) { tb[len(tb)-sha256.Size-1] = 1 }),
 		"checksums wrong":           withCopies(func(tb []byte) {}), // resum, then break below

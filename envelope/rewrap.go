@@ -169,7 +169,7 @@ type rewrapper struct {
 // getDEK unwraps the DEK through any slot, authenticating the header.
 func (rw *rewrapper) getDEK() ([]byte, error) {
 	if rw.dek == nil {
-		dek, _, _, err := openSlots(rw.ctx, rw.h, rw.opts.Keyring, nil)
+		dek, _, _, err := openSlots(rw.ctx, rw.h, rw.opts.Keyring, nil, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -310,12 +310,16 @@ func (rw *rewrapper) refresh(s format.Slot, kek kms.KEK) (format.Slot, SlotChang
 		return s, c, nil
 	}
 	if r, ok := kek.(kms.Rewrapper); ok {
-		w, err := r.Rewrap(rw.ctx, s.Wrapped, slotAAD(rw.h.CoreBytes, s.URI))
+		aad, err := aadForSlot(rw.h, &s)
+		if err != nil {
+			return s, c, err
+		}
+		w, err := r.Rewrap(rw.ctx, s.Wrapped, aad)
 		if err != nil {
 			return s, c, fmt.Errorf("rewrapping the data key: %w", err)
 		}
 		c.ServerSide, c.NewVersion = true, w.KeyVersion
-		return format.Slot{AADRecipe: format.AADRecipeV1, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c, nil
+		return format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c, nil
 	}
 	ns, err := rw.wrap(kek)
 	if err != nil {

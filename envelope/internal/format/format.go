@@ -52,6 +52,7 @@ const (
 	tableFixedSize  = 4 + 8 + 1
 	checksumSize    = sha256.Size
 	AADRecipeV1     = 1
+	AADRecipeShared = 2
 	MaxHeaderSize   = coreFixedSize + MaxContextSize + MACSize + 2*MaxSlotTableSize
 	MinHeaderSize   = coreFixedSize + MACSize + 2*MinSlotTableSize
 	slotFixedSize   = 1 + 2 + 1 + 2
@@ -136,6 +137,10 @@ func (c *Core) Marshal() ([]byte, error) {
 	}
 	return append(b, c.MAC[:]...), nil
 }
+
+// EncodeContext returns the encoding of an encryption context, as the core
+// holds it.
+func EncodeContext(ctx []Pair) ([]byte, error) { return encodeContext(ctx) }
 
 func encodeContext(ctx []Pair) ([]byte, error) {
 	if len(ctx) > MaxContextPair {
@@ -283,8 +288,9 @@ func ParseCore(raw []byte) (*Core, error) {
 
 // Slot is one wrapped copy of the DEK.
 type Slot struct {
-	// AADRecipe says how the associated data given to the KEK was built;
-	// only [AADRecipeV1] exists.
+	// AADRecipe says how the associated data given to the KEK was built:
+	// [AADRecipeV1] binds the slot to its file's core, [AADRecipeShared]
+	// to the encryption context only, for a DEK shared by several files.
 	AADRecipe uint8
 	// URI identifies the KEK.
 	URI string
@@ -356,7 +362,7 @@ func (t *SlotTable) Room(size int) int {
 
 func checkSlot(s *Slot) error {
 	switch {
-	case s.AADRecipe != AADRecipeV1:
+	case s.AADRecipe != AADRecipeV1 && s.AADRecipe != AADRecipeShared:
 		return invalid("slot", "unknown AAD recipe %d", s.AADRecipe)
 	case s.URI == "" || len(s.URI) > MaxURILength:
 		return invalid("slot", "KEK URI length %d out of range [1, %d]", len(s.URI), MaxURILength)

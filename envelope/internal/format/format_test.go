@@ -364,7 +364,7 @@ func TestSlotTableMarshalBounds(t *testing.T) {
 		{"no slot", SlotTable{Sequence: 1}, MinSlotTableSize},
 		{"33 slots", SlotTable{Sequence: 1, Slots: slots33}, MaxSlotTableSize},
 		{"sequence 0", SlotTable{Sequence: 0, Slots: slot(func(*Slot) {})}, MinSlotTableSize},
-		{"AAD recipe 2", SlotTable{Sequence: 1, Slots: slot(func(s *Slot) { s.AADRecipe = 2 })}, MinSlotTableSize},
+		{"AAD recipe 3", SlotTable{Sequence: 1, Slots: slot(func(s *Slot) { s.AADRecipe = 3 })}, MinSlotTableSize},
 		{"empty URI", SlotTable{Sequence: 1, Slots: slot(func(s *Slot) { s.URI = "" })}, MinSlotTableSize},
 		{"URI of 1025", SlotTable{Sequence: 1, Slots: slot(func(s *Slot) { s.URI = strings.Repeat("u", MaxURILength+1) })}, MaxSlotTableSize},
 		{"URI with a space", SlotTable{Sequence: 1, Slots: slot(func(s *Slot) { s.URI = "local:a b" })}, MinSlotTableSize},
