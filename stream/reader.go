@@ -3,6 +3,7 @@ package stream
 import (
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 )
 
@@ -209,6 +210,9 @@ func (r *Reader) startPipe() {
 			for ch := range p.work {
 				r.openChunk(ch)
 				ch.done <- struct{}{}
+				// Let the reader's caller, which the send may have woken,
+				// take the chunk now (see the Writer's workers).
+				runtime.Gosched()
 			}
 		}()
 	}

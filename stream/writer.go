@@ -2,6 +2,7 @@ package stream
 
 import (
 	"io"
+	"runtime"
 	"sync"
 )
 
@@ -225,6 +226,12 @@ func (w *Writer) startPipe() {
 					p.aliased.Done()
 				}
 				ch.done <- struct{}{}
+				// The send may have woken the ordered writer, which then
+				// waits in this P's runnext slot until this worker blocks:
+				// with as many workers as Ps it would stay there while the
+				// queue drains, and the pipeline would run in bursts. Yield
+				// so that it writes the chunk and frees its buffer now.
+				runtime.Gosched()
 			}
 		}()
 	}
