@@ -3,6 +3,7 @@ module github.com/kpcrypt/kpcrypt
 go 1.26.0
 
 require (
+	github.com/klauspost/compress v1.20.4
 	github.com/schollz/progressbar/v3 v3.19.1
 	github.com/tink-crypto/tink-go/v2 v2.9.0
 	golang.org/x/crypto v0.59.0
@@ -11,8 +12,6 @@ require (
 )
 
 require (
-	github.com/klauspost/compress v1.20.4 // indirect
-	github.com/miekg/pkcs11 v1.1.2 // indirect
 	github.com/mitchellh/colorstring v0.0.0-20190213212951-d06e56a500db // indirect
 	github.com/rivo/uniseg v0.4.7 // indirect
 	github.com/stretchr/testify v1.12.1 // indirect

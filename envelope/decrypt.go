@@ -9,6 +9,8 @@ import (
 	"io"
 	"slices"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/stream"
@@ -122,8 +124,24 @@ func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, erro
 		r.checkTrailing = true
 	}
 	r.sr = c.NewReader(body, &stream.Options{Workers: d.Workers})
+	if h.Core.Zstd {
+		zr, err := zstd.NewReader(r.sr, zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(maxZstdMemory))
+		if err != nil {
+			r.sr.Close()
+			return nil, err
+		}
+		r.zr = zr
+	}
 	return r, nil
 }
+
+// Bounds on zstd decoding: the window a frame may ask for, and the memory
+// the decoder may use.
+const (
+	maxZstdWindow = 64 << 20
+	maxZstdMemory = 256 << 20
+)
 
 // NewReaderAt opens the size-byte file in src for reading at random offsets.
 // It authenticates the final chunk before it returns.
@@ -131,6 +149,9 @@ func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64
 	h, err := format.ReadHeader(io.NewSectionReader(src, 0, size))
 	if err != nil {
 		return nil, err
+	}
+	if h.Core.Zstd {
+		return nil, ErrCompressed
 	}
 	c, slot, err := d.openHeader(ctx, h)
 	if err != nil {
@@ -292,6 +313,7 @@ func checkContext(have []format.Pair, want map[string]string) error {
 // did. Call Close when done, to stop its goroutines.
 type Reader struct {
 	sr            *stream.Reader
+	zr            *zstd.Decoder // set for a compressed file
 	src           io.Reader
 	slot          *OpenedSlot
 	size          int64 // plaintext size from the header, or -1
@@ -305,6 +327,11 @@ func (r *Reader) Slot() OpenedSlot { return *r.slot }
 
 // Read reads plaintext into p.
 func (r *Reader) Read(p []byte) (int, error) {
+	if r.zr != nil {
+		n, err := r.zr.Read(p)
+		r.n += int64(n)
+		return n, r.streamErr(err)
+	}
 	n, err := r.sr.Read(p)
 	r.n += int64(n)
 	if err == io.EOF {
@@ -315,6 +342,11 @@ func (r *Reader) Read(p []byte) (int, error) {
 
 // WriteTo writes the plaintext to w. It implements [io.WriterTo].
 func (r *Reader) WriteTo(w io.Writer) (int64, error) {
+	if r.zr != nil {
+		n, err := r.zr.WriteTo(w)
+		r.n += n
+		return n, r.streamErr(err)
+	}
 	n, err := r.sr.WriteTo(w)
 	r.n += n
 	if err == nil {
@@ -342,8 +374,25 @@ func (r *Reader) atEOF() error {
 	return r.end
 }
 
+// streamErr prefers the stream's own error (an authentication failure,
+// say) to the one the zstd decoder made of it.
+func (r *Reader) streamErr(err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	if _, serr := r.sr.Read(nil); serr != nil && serr != io.EOF {
+		return serr
+	}
+	return fmt.Errorf("envelope: decompressing: %w", err)
+}
+
 // Close stops the Reader's goroutines. It does not close the source.
-func (r *Reader) Close() error { return r.sr.Close() }
+func (r *Reader) Close() error {
+	if r.zr != nil {
+		r.zr.Close()
+	}
+	return r.sr.Close()
+}
 
 // ReaderAt reads a file's plaintext at random offsets. It implements
 // io.ReaderAt, io.Reader and io.Seeker; Size returns the plaintext size.

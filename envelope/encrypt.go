@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/stream"
@@ -29,6 +31,15 @@ const (
 	MaxSlotTableSize = format.MaxSlotTableSize
 	// MaxHeaderSize bounds the whole header.
 	MaxHeaderSize = format.MaxHeaderSize
+)
+
+// Compression names a compression applied before encryption.
+type Compression string
+
+// Compressions.
+const (
+	CompressionNone Compression = ""
+	CompressionZstd Compression = "zstd"
 )
 
 // UnknownSize is the plaintext size to give [Encrypter.NewWriter] when it is
@@ -55,6 +66,12 @@ type Encrypter struct {
 	// header, authenticated, and bound into the data given to the KEKs.
 	// It is not secret.
 	Context map[string]string
+	// Compression compresses the plaintext before it is encrypted; "" (the
+	// default) does not. With CompressionZstd the header records it, and
+	// records no plaintext size. Compression reveals how compressible the
+	// data is through the ciphertext's size, and a compressed file cannot
+	// be read at random offsets.
+	Compression Compression
 	// Reuse, when set, shares one wrapped DEK among several streams to save
 	// KMS calls; see [DataKeyReuse]. Nil gives every stream its own DEK.
 	Reuse *DataKeyReuse
@@ -130,6 +147,12 @@ func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*
 		workers = 1 // one chunk: no goroutine is worth starting
 	}
 	w := &Writer{sw: c.NewWriter(dst, &stream.Options{Workers: workers}), size: size}
+	if e.Compression == CompressionZstd {
+		if w.zw, err = zstd.NewWriter(w.sw, zstd.WithEncoderConcurrency(1)); err != nil {
+			w.sw.Close()
+			return nil, err
+		}
+	}
 	if shared != nil && size < 0 {
 		w.onClose = func(n int64) { e.countBytes(shared, n) }
 	}
@@ -182,6 +205,13 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 		size = UnknownSize
 	}
 	core := &format.Core{SlotTableSize: tableSize, PlaintextSize: size, Stream: sh, Context: pairs}
+	switch e.Compression {
+	case CompressionNone:
+	case CompressionZstd:
+		core.Zstd, core.PlaintextSize = true, UnknownSize
+	default:
+		return nil, nil, nil, fmt.Errorf("envelope: unknown compression %q", e.Compression)
+	}
 	if core.MAC, err = headerMAC(dek, core); err != nil {
 		return nil, nil, nil, fmt.Errorf("envelope: %w", err)
 	}
@@ -326,9 +356,10 @@ func sortedContext(m map[string]string) []format.Pair {
 // io.ReaderFrom. It is not safe for concurrent use.
 type Writer struct {
 	sw   *stream.Writer
-	size int64 // UnknownSize or the size announced in the header
-	n    int64 // bytes written so far
-	err  error // sticky: more bytes were offered than announced
+	zw   *zstd.Encoder // set when compressing
+	size int64         // UnknownSize or the size announced in the header
+	n    int64         // bytes written so far
+	err  error         // sticky: more bytes were offered than announced
 	// onClose, if set, learns the plaintext size at Close.
 	onClose func(n int64)
 }
@@ -342,7 +373,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.err = fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
 		return 0, w.err
 	}
-	n, err := w.sw.Write(p)
+	var n int
+	var err error
+	if w.zw != nil {
+		n, err = w.zw.Write(p)
+	} else {
+		n, err = w.sw.Write(p)
+	}
 	w.n += int64(n)
 	return n, err
 }
@@ -356,7 +393,13 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		// Read at most one byte more than announced, to notice it.
 		r = io.LimitReader(r, w.size-w.n+1)
 	}
-	n, err := w.sw.ReadFrom(r)
+	var n int64
+	var err error
+	if w.zw != nil {
+		n, err = w.zw.ReadFrom(r)
+	} else {
+		n, err = w.sw.ReadFrom(r)
+	}
 	w.n += n
 	if err == nil && w.size >= 0 && w.n > w.size {
 		w.err = fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
@@ -369,7 +412,14 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 // and not met, including when a Write was refused for going past it. It
 // does not close the underlying writer.
 func (w *Writer) Close() error {
+	var zerr error
+	if w.zw != nil {
+		zerr = w.zw.Close()
+	}
 	err := w.sw.Close()
+	if err == nil {
+		err = zerr
+	}
 	if w.onClose != nil {
 		w.onClose(w.n)
 		w.onClose = nil

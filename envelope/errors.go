@@ -35,6 +35,9 @@ var (
 	// ErrKeyVersionRetired means a slot is under a key version older than
 	// the minimum the caller allows.
 	ErrKeyVersionRetired = errors.New("key version retired")
+	// ErrCompressed means random access was asked of a compressed file,
+	// which can only be read in order.
+	ErrCompressed = errors.New("random access is not possible in a compressed file")
 	// ErrSlotTableFull means the key slots do not fit in the slot table.
 	ErrSlotTableFull = format.ErrSlotTableFull
 )

@@ -24,6 +24,8 @@ type Header struct {
 	SlotTableSize int `json:"slot_table_size"`
 	// SlotTableSequence counts the rewrites of the slot table, from 1.
 	SlotTableSequence uint64 `json:"slot_table_sequence"`
+	// Compression names the compression of the plaintext, if any.
+	Compression string `json:"compression,omitempty"`
 	// Context is the encryption context.
 	Context map[string]string `json:"context,omitempty"`
 	// Slots are the key slots.
@@ -65,6 +67,9 @@ func describe(h *format.Header) *Header {
 		HeaderSize:        h.Size(),
 		SlotTableSize:     h.Core.SlotTableSize,
 		SlotTableSequence: t.Sequence,
+	}
+	if h.Core.Zstd {
+		out.Compression = string(CompressionZstd)
 	}
 	for _, p := range h.Core.Context {
 		if out.Context == nil {

@@ -300,6 +300,26 @@ func TestContext(t *testing.T) {
 	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "--context", "novalue", "plain.bin").expect(t, 2)
 }
 
+func TestCompression(t *testing.T) {
+	dir := t.TempDir()
+	kp(t, dir, nil, "keygen", "-o", "kek.json").expect(t, 0)
+	pt := bytes.Repeat([]byte("compressible record\n"), 20_000)
+	os.WriteFile(filepath.Join(dir, "log.txt"), pt, 0o600)
+	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "--compress", "zstd", "-o", "log.kpc", "log.txt").expect(t, 0)
+	if n := len(readFile(t, filepath.Join(dir, "log.kpc"))); n > len(pt)/10 {
+		t.Fatalf("compressed file is %d bytes", n)
+	}
+	if out := string(kp(t, dir, nil, "inspect", "log.kpc").stdout); !strings.Contains(out, "compression:     zstd") {
+		t.Fatalf("inspect:\n%s", out)
+	}
+	r := kp(t, dir, nil, "decrypt", "log.kpc")
+	r.expect(t, 0)
+	if !bytes.Equal(r.stdout, pt) {
+		t.Fatal("compressed round trip differs")
+	}
+	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "--compress", "gzip", "log.txt").expect(t, 2)
+}
+
 func TestUsageErrors(t *testing.T) {
 	dir, _ := setup(t, 10)
 	for _, args := range [][]string{

@@ -37,6 +37,7 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	quiet := fs.Bool("quiet", false, "show no progress bar")
 	chunk := fs.String("chunk-size", "64KiB", "plaintext `size` of a chunk, 4KiB to 16MiB")
 	fs.Var(&contexts, "context", "encryption context `key=value`, stored and authenticated (repeatable)")
+	compress := fs.String("compress", "", "compress before encrypting: `zstd` (reveals compressibility; no random access)")
 	operands, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
 		helpFor(fs, u.stdout, "kpcrypt encrypt --kek URI [--kek URI]... [-o OUT] [--force] [IN]")
@@ -59,6 +60,9 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	if err != nil {
 		return usagef("encrypt: %v", err)
 	}
+	if *compress != "" && *compress != string(envelope.CompressionZstd) {
+		return usagef("encrypt: --compress %q: only zstd is known", *compress)
+	}
 	if (*out == "" || *out == "-") && isTerminal(u.stdout) {
 		return fmt.Errorf("refusing to write ciphertext to a terminal: use -o OUT or redirect standard output")
 	}
@@ -74,7 +78,7 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	}
 	defer o.abort()
 
-	e := &envelope.Encrypter{ChunkSize: chunkSize, Context: encCtx}
+	e := &envelope.Encrypter{ChunkSize: chunkSize, Context: encCtx, Compression: envelope.Compression(*compress)}
 	for _, uri := range keks {
 		k, err := resolver().Open(ctx, uri)
 		if err != nil {

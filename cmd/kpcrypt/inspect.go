@@ -96,6 +96,9 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	fmt.Fprintf(tw, "algorithm:\t%s\n", h.Algorithm)
 	fmt.Fprintf(tw, "chunk size:\t%d bytes\n", h.ChunkSize)
 	fmt.Fprintf(tw, "plaintext size:\t%s\n", size)
+	if h.Compression != "" {
+		fmt.Fprintf(tw, "compression:\t%s\n", h.Compression)
+	}
 	fmt.Fprintf(tw, "header size:\t%d bytes (slot table %d bytes × 2, sequence %d)\n", h.HeaderSize, h.SlotTableSize, h.SlotTableSequence)
 	if len(h.Context) > 0 {
 		var pairs []string

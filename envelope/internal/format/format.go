@@ -29,7 +29,9 @@ const (
 
 	// FlagSizeKnown marks a core whose PlaintextSize is recorded.
 	FlagSizeKnown = 0x01
-	knownFlags    = FlagSizeKnown
+	// FlagZstd marks a body whose plaintext is a zstd stream.
+	FlagZstd   = 0x02
+	knownFlags = FlagSizeKnown | FlagZstd
 
 	// coreFixedSize is the core up to the context: magic, version, flags,
 	// slot table size, plaintext size, stream header, context length.
@@ -99,6 +101,9 @@ type Core struct {
 	Stream stream.Header
 	// Context is the encryption context, sorted by key, keys unique.
 	Context []Pair
+	// Zstd marks a body whose plaintext is zstd-compressed. A compressed
+	// file records no plaintext size.
+	Zstd bool
 	// MAC authenticates the rest of the core.
 	MAC [MACSize]byte
 }
@@ -116,6 +121,12 @@ func (c *Core) AppendWithoutMAC(b []byte) ([]byte, error) {
 	flags, size := byte(0), uint64(0)
 	if c.PlaintextSize >= 0 {
 		flags, size = FlagSizeKnown, uint64(c.PlaintextSize)
+	}
+	if c.Zstd {
+		if c.PlaintextSize >= 0 {
+			return nil, invalid("flags", "a compressed file records no plaintext size")
+		}
+		flags |= FlagZstd
 	}
 	b = append(b, Magic...)
 	b = append(b, Version, flags)
@@ -251,7 +262,10 @@ func ParseCore(raw []byte) (*Core, error) {
 	if tableSize < MinSlotTableSize || tableSize > MaxSlotTableSize {
 		return nil, invalid("slot table size", "%d out of range [%d, %d]", tableSize, MinSlotTableSize, MaxSlotTableSize)
 	}
-	c := &Core{SlotTableSize: int(tableSize), PlaintextSize: -1}
+	if flags&FlagZstd != 0 && flags&FlagSizeKnown != 0 {
+		return nil, invalid("flags", "a compressed file records no plaintext size")
+	}
+	c := &Core{SlotTableSize: int(tableSize), PlaintextSize: -1, Zstd: flags&FlagZstd != 0}
 	if flags&FlagSizeKnown != 0 {
 		if size > maxPlaintextLen {
 			return nil, invalid("plaintext size", "%d too large", size)
