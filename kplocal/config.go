@@ -64,6 +64,12 @@ type Config struct {
 	// Latency is added to every request before it is served.
 	Latency time.Duration
 
+	// MaxConcurrent, when positive, is a rate limit: at most that many
+	// /api/v2 requests are served at once, and one more is answered 429
+	// (Retry-After: 0) with a Key Protect error body, as a busy instance
+	// answers a storm of requests. Stats.RateLimited counts them.
+	MaxConcurrent int
+
 	// TokenTTL is the lifetime of issued IAM tokens (expires_in). Zero means
 	// [DefaultTokenTTL]. It must be at least one second.
 	TokenTTL time.Duration

@@ -54,6 +54,8 @@
 //     ("<Status>: <what> could not be …: Please see 'reasons' for more
 //     details (CODE)") and reasons (code, message, status, moreInfo,
 //     target) using the reason codes of the reference's §6.
+//   - A concurrency rate limit (Config.MaxConcurrent: requests beyond it are
+//     answered 429), counted in Stats.RateLimited with Stats.PeakInFlight.
 //   - Fault injection (Config.FaultRate: 429 with Retry-After: 0, or 503,
 //     each with an error body), latency (Config.Latency), request counters
 //     ([Server.Stats]), persistence (Config.StateFile) and direct helpers

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -101,5 +102,33 @@ func TestStatsReset(t *testing.T) {
 	h.srv.ResetStats()
 	if st := h.srv.Stats(); st != (Stats{}) {
 		t.Fatalf("stats after reset = %+v", st)
+	}
+}
+
+func TestMaxConcurrentAnswers429(t *testing.T) {
+	s, err := New(Config{InstanceID: testInstance, APIKey: testAPIKey, Latency: time.Hour, MaxConcurrent: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A first request held in the server by its latency.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.ServeHTTP(httptest.NewRecorder(), httptest.NewRequestWithContext(ctx, http.MethodGet, "/api/v2/keys", nil))
+	}()
+	for s.Stats().PeakInFlight < 1 {
+		runtime.Gosched() // wait until the first request is in flight
+	}
+	// A second one while it is: refused at once with 429.
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v2/keys", nil))
+	cancel()
+	<-done
+	if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") != "0" || !strings.Contains(rec.Body.String(), "errorMsg") {
+		t.Fatalf("second request: %d %q", rec.Code, rec.Body.String())
+	}
+	if st := s.Stats(); st.RateLimited != 1 || st.PeakInFlight != 2 {
+		t.Fatalf("stats: %+v", st)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,6 +26,8 @@ type Server struct {
 
 	rngMu sync.Mutex
 	rng   *rand.Rand // decides injected faults; seeded from Config.Seed
+
+	inFlight atomic.Int64 // /api/v2 requests being served
 
 	mu      sync.Mutex
 	keys    map[string]*key   // by key ID
@@ -87,6 +90,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		corr = newUUID()
 	}
 	w.Header().Set("correlation-id", corr)
+
+	if isAPI := r.URL.Path == "/api/v2" || strings.HasPrefix(r.URL.Path, "/api/v2/"); isAPI {
+		n := s.inFlight.Add(1)
+		defer s.inFlight.Add(-1)
+		s.counters.notePeak(n)
+		if max := s.cfg.MaxConcurrent; max > 0 && n > int64(max) {
+			s.counters.requests.Add(1)
+			s.counters.rateLimited.Add(1)
+			w.Header().Set("Retry-After", "0")
+			writeError(w, plainError(http.StatusTooManyRequests,
+				"Too many requests: Please wait a few minutes and try again"))
+			return
+		}
+	}
 
 	if d := s.cfg.Latency; d > 0 {
 		t := time.NewTimer(d)

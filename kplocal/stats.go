@@ -57,6 +57,8 @@ type Stats struct {
 	Faults       int64 // /api/v2 requests answered with an injected 429 or 503
 	Unauthorized int64 // /api/v2 requests answered 401 (bad, missing or expired token, wrong instance)
 	Tokens       int64 // requests to /identity/token and /oidc/token
+	RateLimited  int64 // /api/v2 requests answered 429 for Config.MaxConcurrent
+	PeakInFlight int64 // the most /api/v2 requests seen in flight at once
 
 	Create, List, Count, Get, Metadata, SetKeyRing, Versions int64
 	Delete, Restore, Purge                                   int64
@@ -68,7 +70,18 @@ type Stats struct {
 // counters holds the live counts behind [Stats].
 type counters struct {
 	requests, faults, unauthorized atomic.Int64
+	rateLimited, peak              atomic.Int64
 	ops                            [numOps]atomic.Int64
+}
+
+// notePeak records n requests in flight if it is a new peak.
+func (c *counters) notePeak(n int64) {
+	for {
+		p := c.peak.Load()
+		if n <= p || c.peak.CompareAndSwap(p, n) {
+			return
+		}
+	}
 }
 
 func (s *Server) count(o op) { s.counters.ops[o].Add(1) }
@@ -79,6 +92,7 @@ func (s *Server) Stats() Stats {
 	n := func(o op) int64 { return c.ops[o].Load() }
 	return Stats{
 		Requests: c.requests.Load(), Faults: c.faults.Load(), Unauthorized: c.unauthorized.Load(),
+		RateLimited: c.rateLimited.Load(), PeakInFlight: c.peak.Load(),
 		Tokens: n(opToken),
 		Create: n(opCreate), List: n(opList), Count: n(opCount), Get: n(opGet),
 		Metadata: n(opMetadata), SetKeyRing: n(opSetKeyRing), Versions: n(opVersions),
@@ -97,6 +111,8 @@ func (s *Server) ResetStats() {
 	c.requests.Store(0)
 	c.faults.Store(0)
 	c.unauthorized.Store(0)
+	c.rateLimited.Store(0)
+	c.peak.Store(0)
 	for i := range c.ops {
 		c.ops[i].Store(0)
 	}

@@ -7,7 +7,7 @@
 //	kplocal --listen ADDR --instance GUID --api-key KEY [--state FILE]
 //	        [--fault-rate F] [--latency D] [--min-rotation-interval D]
 //	        [--token-ttl D] [--region R] [--account A] [--seed N] [--verbose]
-//	        [--root-key NAME]...
+//	        [--max-concurrent N] [--root-key NAME]...
 //
 // The first line kplocal prints on standard output is its base URL, such as
 // http://127.0.0.1:41234; with --listen 127.0.0.1:0 it picks a free port.
@@ -52,6 +52,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	stateFile := fs.String("state", "", "persist keys in this file (written atomically, mode 0600)")
 	faultRate := fs.Float64("fault-rate", 0, "share in [0,1] of /api/v2 requests answered 429 or 503")
 	latency := fs.Duration("latency", 0, "delay added to every request")
+	maxConcurrent := fs.Int("max-concurrent", 0, "answer 429 beyond this many /api/v2 requests in flight (0: no limit)")
 	minRotation := fs.Duration("min-rotation-interval", kplocal.DefaultMinRotationInterval,
 		"minimum time between two rotations of a key (0: no limit)")
 	tokenTTL := fs.Duration("token-ttl", kplocal.DefaultTokenTTL, "lifetime of issued IAM tokens")
@@ -92,6 +93,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		StateFile:           *stateFile,
 		FaultRate:           *faultRate,
 		Latency:             *latency,
+		MaxConcurrent:       *maxConcurrent,
 		TokenTTL:            *tokenTTL,
 		MinRotationInterval: *minRotation,
 		Seed:                *seed,

@@ -550,3 +550,43 @@ func TestEndpointsAndCRNs(t *testing.T) {
 		t.Error("plain http to a non-loopback host accepted")
 	}
 }
+
+// TestInFlightLimitAvoidsRateLimits runs 100 goroutines through one Opener
+// (one client per instance, one token source) against a server that
+// answers 429 beyond 8 requests in flight: the client's own bound keeps it
+// under, so no request is refused and one token serves them all.
+func TestInFlightLimitAvoidsRateLimits(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	srv, err := kplocal.Start(kplocal.Config{InstanceID: testInstance, APIKey: testAPIKey, Now: clk.Now,
+		MaxConcurrent: 8, Latency: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	id, _ := srv.CreateKey("shared-kek", true)
+	opener := &Opener{Config: Config{BaseURL: srv.BaseURL(), IAMURL: srv.BaseURL(), APIKey: testAPIKey, Now: clk.Now,
+		MaxInFlight: 8, MaxAttempts: 1}}
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		wg.Go(func() {
+			kek, err := opener.Open(ctx, srv.KeyCRN(id))
+			if err == nil {
+				_, err = kek.Wrap(ctx, bytes.Repeat([]byte{byte(i)}, 32), []byte("aad"))
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	st := srv.Stats()
+	if st.RateLimited != 0 || st.PeakInFlight > 8 || st.Wrap != 100 || st.Tokens != 1 {
+		t.Fatalf("rate limited %d, peak in flight %d, wraps %d, token requests %d", st.RateLimited, st.PeakInFlight, st.Wrap, st.Tokens)
+	}
+}
