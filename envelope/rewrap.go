@@ -130,15 +130,26 @@ func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, er
 // RewrapPath rewraps the file at path under an exclusive lock, so that
 // concurrent rewraps of one file take turns.
 func RewrapPath(ctx context.Context, path string, opts *RewrapOptions) (*RewrapResult, error) {
+	var res *RewrapResult
+	err := withLockedFile(path, func(f *os.File) (err error) {
+		res, err = Rewrap(ctx, f, opts)
+		return err
+	})
+	return res, err
+}
+
+// withLockedFile runs fn on the file at path, opened for reading and
+// writing and locked exclusively.
+func withLockedFile(path string, fn func(*os.File) error) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer f.Close()
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("locking %s: %w", path, err)
+		return fmt.Errorf("locking %s: %w", path, err)
 	}
-	return Rewrap(ctx, f, opts)
+	return fn(f)
 }
 
 // writeTable writes t over the non-current copy, syncs, then over the other
@@ -197,42 +208,32 @@ func (rw *rewrapper) wrap(kek kms.KEK) (format.Slot, error) {
 	return format.Slot{AADRecipe: format.AADRecipeV1, URI: kek.URI(), KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, nil
 }
 
-// plan computes the new slots.
+// plan computes the new slots and what changes.
 func (rw *rewrapper) plan() ([]format.Slot, []SlotChange, error) {
 	o := rw.opts
 	old := rw.h.Table().Slots
-	var slots []format.Slot
-	var changes []SlotChange
-
+	var p slotPlan
 	if len(o.To) > 0 {
 		for _, s := range old {
 			if !slices.ContainsFunc(o.To, func(k kms.KEK) bool { return k.URI() == s.URI }) {
-				changes = append(changes, SlotChange{URI: s.URI, Action: "removed", OldVersion: s.KeyVersion})
+				p.drop(s)
 			}
 		}
 		for _, kek := range o.To {
-			i := slices.IndexFunc(old, func(s format.Slot) bool { return s.URI == kek.URI() })
-			if i >= 0 {
-				s, c, err := rw.refresh(old[i], kek)
-				if err != nil {
+			if i := slices.IndexFunc(old, func(s format.Slot) bool { return s.URI == kek.URI() }); i >= 0 {
+				if err := rw.refresh(&p, old[i], kek); err != nil {
 					return nil, nil, err
 				}
-				slots, changes = append(slots, s), append(changes, c)
-				continue
-			}
-			s, err := rw.wrap(kek)
-			if err != nil {
+			} else if err := rw.add(&p, kek); err != nil {
 				return nil, nil, err
 			}
-			slots = append(slots, s)
-			changes = append(changes, SlotChange{URI: kek.URI(), Action: "added", NewVersion: s.KeyVersion})
 		}
-		return slots, changes, nil
+		return p.slots, p.changes, nil
 	}
 
 	for _, s := range old {
 		if slices.Contains(o.Remove, s.URI) {
-			changes = append(changes, SlotChange{URI: s.URI, Action: "removed", OldVersion: s.KeyVersion})
+			p.drop(s)
 			continue
 		}
 		kek, err := rw.kekFor(s.URI)
@@ -240,31 +241,48 @@ func (rw *rewrapper) plan() ([]format.Slot, []SlotChange, error) {
 			return nil, nil, err
 		}
 		if kek == nil {
-			slots = append(slots, s)
-			changes = append(changes, SlotChange{URI: s.URI, Action: "kept", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion})
+			p.put(s, SlotChange{URI: s.URI, Action: "kept", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion})
 			continue
 		}
-		ns, c, err := rw.refresh(s, kek)
-		if err != nil {
+		if err := rw.refresh(&p, s, kek); err != nil {
 			return nil, nil, err
 		}
-		slots, changes = append(slots, ns), append(changes, c)
 	}
-	if len(slots) == 0 && len(o.Add) == 0 {
+	if len(p.slots) == 0 && len(o.Add) == 0 {
 		return nil, nil, fmt.Errorf("envelope: removing %d slot(s) would leave the file with none: a file keeps at least one", len(old))
 	}
 	for _, kek := range o.Add {
-		if slices.ContainsFunc(slots, func(s format.Slot) bool { return s.URI == kek.URI() }) {
-			continue
+		if !slices.ContainsFunc(p.slots, func(s format.Slot) bool { return s.URI == kek.URI() }) {
+			if err := rw.add(&p, kek); err != nil {
+				return nil, nil, err
+			}
 		}
-		s, err := rw.wrap(kek)
-		if err != nil {
-			return nil, nil, err
-		}
-		slots = append(slots, s)
-		changes = append(changes, SlotChange{URI: kek.URI(), Action: "added", NewVersion: s.KeyVersion})
 	}
-	return slots, changes, nil
+	return p.slots, p.changes, nil
+}
+
+// slotPlan gathers the new slots and the changes that lead to them.
+type slotPlan struct {
+	slots   []format.Slot
+	changes []SlotChange
+}
+
+func (p *slotPlan) put(s format.Slot, c SlotChange) {
+	p.slots, p.changes = append(p.slots, s), append(p.changes, c)
+}
+
+func (p *slotPlan) drop(s format.Slot) {
+	p.changes = append(p.changes, SlotChange{URI: s.URI, Action: "removed", OldVersion: s.KeyVersion})
+}
+
+// add wraps the DEK with kek into a new slot.
+func (rw *rewrapper) add(p *slotPlan, kek kms.KEK) error {
+	s, err := rw.wrap(kek)
+	if err != nil {
+		return err
+	}
+	p.put(s, SlotChange{URI: kek.URI(), Action: "added", NewVersion: s.KeyVersion})
+	return nil
 }
 
 // kekFor returns the keyring's KEK whose URI is uri, or nil.
@@ -289,44 +307,49 @@ func (rw *rewrapper) kekFor(uri string) (kms.KEK, error) {
 }
 
 // refresh moves slot s to kek's current version, if it is not there.
-func (rw *rewrapper) refresh(s format.Slot, kek kms.KEK) (format.Slot, SlotChange, error) {
+func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 	c := SlotChange{URI: s.URI, OldVersion: s.KeyVersion, NewVersion: s.KeyVersion}
 	vr, ok := kek.(kms.VersionReporter)
 	if !ok {
 		c.Action = "kept"
-		return s, c, nil
+		p.put(s, c)
+		return nil
 	}
 	current, err := vr.CurrentVersion(rw.ctx)
 	if err != nil {
-		return s, c, err
+		return err
 	}
 	if current == s.KeyVersion {
 		c.Action = "current"
-		return s, c, nil
+		p.put(s, c)
+		return nil
 	}
 	c.Action, c.NewVersion = "rewrapped", current
 	if rw.opts.DryRun {
 		_, c.ServerSide = kek.(kms.Rewrapper)
-		return s, c, nil
+		p.put(s, c)
+		return nil
 	}
 	if r, ok := kek.(kms.Rewrapper); ok {
 		aad, err := aadForSlot(rw.h, &s)
 		if err != nil {
-			return s, c, err
+			return err
 		}
 		w, err := r.Rewrap(rw.ctx, s.Wrapped, aad)
 		if err != nil {
-			return s, c, fmt.Errorf("rewrapping the data key: %w", err)
+			return fmt.Errorf("rewrapping the data key: %w", err)
 		}
 		c.ServerSide, c.NewVersion = true, w.KeyVersion
-		return format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c, nil
+		p.put(format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c)
+		return nil
 	}
 	ns, err := rw.wrap(kek)
 	if err != nil {
-		return s, c, err
+		return err
 	}
 	c.NewVersion = ns.KeyVersion
-	return ns, c, nil
+	p.put(ns, c)
+	return nil
 }
 
 // SaveRewrapped writes into the file at path the newer wrapping a KMS handed
@@ -337,24 +360,18 @@ func SaveRewrapped(path string, opened OpenedSlot) error {
 	if opened.Rewrapped == nil {
 		return nil
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("locking %s: %w", path, err)
-	}
-	h, err := format.ReadHeader(io.NewSectionReader(f, 0, MaxHeaderSize))
-	if err != nil {
-		return err
-	}
-	t := h.Table()
-	slots := slices.Clone(t.Slots)
-	i := opened.Index
-	if i >= len(slots) || slots[i].URI != opened.URI || slots[i].KeyVersion != opened.KeyVersion {
-		return nil // the table changed since: nothing to save
-	}
-	slots[i].KeyVersion, slots[i].Wrapped = opened.Rewrapped.KeyVersion, opened.Rewrapped.Ciphertext
-	return writeTable(f, h, &format.SlotTable{Sequence: t.Sequence + 1, Slots: slots})
+	return withLockedFile(path, func(f *os.File) error {
+		h, err := format.ReadHeader(io.NewSectionReader(f, 0, MaxHeaderSize))
+		if err != nil {
+			return err
+		}
+		t := h.Table()
+		slots := slices.Clone(t.Slots)
+		i := opened.Index
+		if i >= len(slots) || slots[i].URI != opened.URI || slots[i].KeyVersion != opened.KeyVersion {
+			return nil // the table changed since: nothing to save
+		}
+		slots[i].KeyVersion, slots[i].Wrapped = opened.Rewrapped.KeyVersion, opened.Rewrapped.Ciphertext
+		return writeTable(f, h, &format.SlotTable{Sequence: t.Sequence + 1, Slots: slots})
+	})
 }
