@@ -22,7 +22,9 @@ type File interface {
 }
 
 // RewrapOptions says how [Rewrap] changes a file's key slots. With no
-// field but Keyring set, it moves every slot to its KEK's current version.
+// field but Keyring set, it moves every slot to its KEK's current version;
+// with Add or Remove it adds or removes slots and leaves the others as they
+// are; with To it migrates.
 type RewrapOptions struct {
 	// Keyring finds the KEKs of the file's slots: to learn their current
 	// versions, to rewrap, and to unwrap the DEK when one must be wrapped
@@ -47,7 +49,8 @@ type SlotChange struct {
 	// URI is the slot's KEK.
 	URI string
 	// Action is "current" (kept, already at the current version), "kept"
-	// (its KEK could not be asked), "rewrapped", "added" or "removed".
+	// (left as it was: slots were only added or removed, or its KEK cannot
+	// tell its version), "rewrapped", "added" or "removed".
 	Action string
 	// OldVersion and NewVersion are the key versions before and after.
 	OldVersion, NewVersion string
@@ -231,9 +234,15 @@ func (rw *rewrapper) plan() ([]format.Slot, []SlotChange, error) {
 		return p.slots, p.changes, nil
 	}
 
+	editing := len(o.Add) > 0 || len(o.Remove) > 0
 	for _, s := range old {
 		if slices.Contains(o.Remove, s.URI) {
 			p.drop(s)
+			continue
+		}
+		if editing {
+			// Adding or removing slots leaves the others as they are.
+			p.put(s, SlotChange{URI: s.URI, Action: "kept", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion})
 			continue
 		}
 		kek, err := rw.kekFor(s.URI)

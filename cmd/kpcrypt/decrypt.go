@@ -6,9 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 )
 
 func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
@@ -46,7 +49,7 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 	}
 	defer o.abort()
 
-	keyring, err := decryptKeyring(ctx, keks)
+	keyring, err := u.decryptKeyring(ctx, keks)
 	if err != nil {
 		return err
 	}
@@ -66,11 +69,11 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 
 // decryptKeyring is the given KEKs or, with none, a keyring that opens the
 // slots' URIs of the schemes safe to open from a header.
-func decryptKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
+func (u *ui) decryptKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
 	if len(uris) == 0 {
-		return &envelope.ResolvingKeyring{Resolver: autoResolver()}, nil
+		return &envelope.ResolvingKeyring{Resolver: u.autoResolver()}, nil
 	}
-	return openKEKs(ctx, uris)
+	return u.openKEKs(ctx, uris)
 }
 
 // explain rewords the library's errors for the command line.
@@ -92,6 +95,9 @@ func explain(err error, kekGiven bool) error {
 		}
 		if len(causes) > 0 {
 			msg += ": " + strings.Join(causes, "; ")
+		}
+		if !kekGiven && slices.ContainsFunc(nk.URIs, func(u string) bool { return kms.Scheme(u) == pkcs11.Scheme }) {
+			msg += " (a pkcs11: slot opens only with --kek pkcs11:…, since a file may not choose a module to load)"
 		}
 		return errors.New(msg)
 	}

@@ -14,13 +14,18 @@ import (
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
 	"github.com/kpcrypt/kpcrypt/kms/local"
+	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 )
 
-// resolver opens the KEK URIs the command line accepts. Key Protect and
-// HPCS take their credentials and endpoints from the environment.
-func resolver() kms.Resolver {
+// newResolver returns the resolver of the KEK URIs the command line
+// accepts; a command builds one and uses it for every URI. Key Protect and
+// HPCS take their credentials and endpoints from the environment; PKCS#11
+// tokens take their module and PIN from the URI or the environment
+// (KPCRYPT_PKCS11_MODULE, KPCRYPT_PKCS11_PIN), through the process's one
+// provider.
+func (u *ui) newResolver() kms.Resolver {
 	kp := &keyprotect.Opener{Config: keyprotect.ConfigFromEnv(os.Getenv)}
-	return kms.Resolver{local.Scheme: local.Open, keyprotect.Scheme: kp.Open}
+	return kms.Resolver{local.Scheme: local.Open, keyprotect.Scheme: kp.Open, pkcs11.Scheme: u.openPKCS11}
 }
 
 // autoOpenSchemes are the schemes whose slot URIs decrypt may open by itself
@@ -80,7 +85,7 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 
 	e := &envelope.Encrypter{ChunkSize: chunkSize, Context: encCtx, Compression: envelope.Compression(*compress)}
 	for _, uri := range keks {
-		k, err := resolver().Open(ctx, uri)
+		k, err := u.resolver.Open(ctx, uri)
 		if err != nil {
 			return err
 		}

@@ -44,7 +44,7 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	currents := make([]string, len(h.Slots))
 	var askErrs []string
 	if *current {
-		keyring, err := rewrapKeyring(ctx, keks)
+		keyring, err := u.rewrapKeyring(ctx, keks)
 		if err != nil {
 			return err
 		}

@@ -6,16 +6,20 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/local"
+	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 )
 
 func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
 	out := fs.String("o", "", "create a local KEK file at `PATH` (mode 0600)")
 	rotate := fs.String("rotate", "", "add a new current version to the local KEK file at `PATH`")
+	p11New := fs.String("pkcs11", "", "create an AES-256 KEK in a PKCS#11 token: `URI` pkcs11:token=T;object=LABEL?module-path=…&pin-source=FILE")
+	p11Rotate := fs.String("rotate-pkcs11", "", "add a new current version (key) to the PKCS#11 KEK at `URI`")
 	operands, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
-		helpFor(fs, u.stdout, "kpcrypt keygen -o PATH | kpcrypt keygen --rotate PATH")
+		helpFor(fs, u.stdout, "kpcrypt keygen -o PATH | --rotate PATH | --pkcs11 URI | --rotate-pkcs11 URI")
 		return errHelp
 	}
 	if err != nil {
@@ -24,9 +28,16 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 	if len(operands) > 0 {
 		return usagef("keygen: unexpected argument %q", operands[0])
 	}
+	given := 0
+	for _, v := range []string{*out, *rotate, *p11New, *p11Rotate} {
+		if v != "" {
+			given++
+		}
+	}
+	if given != 1 {
+		return usagef("keygen: give either -o PATH or --rotate PATH (or --pkcs11 URI, --rotate-pkcs11 URI for a PKCS#11 token)")
+	}
 	switch {
-	case *out != "" && *rotate != "", *out == "" && *rotate == "":
-		return usagef("keygen: give either -o PATH or --rotate PATH")
 	case *out != "":
 		k, err := local.Generate(*out)
 		if err != nil {
@@ -35,7 +46,7 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 		v, _ := k.CurrentVersion(ctx)
 		u.infof("created %s (key version %s)", k.URI(), v)
 		fmt.Fprintln(u.stdout, k.URI())
-	default:
+	case *rotate != "":
 		k, err := local.OpenFile(*rotate)
 		if err != nil {
 			return err
@@ -47,6 +58,61 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 		vs, _ := k.Versions(ctx)
 		u.infof("rotated %s: key version %s is now current (%d versions)", k.URI(), v, len(vs))
 		fmt.Fprintln(u.stdout, v)
+	case *p11New != "":
+		if err := refusePINValue(*p11New); err != nil {
+			return err
+		}
+		k, err := u.p11.Generate(ctx, *p11New)
+		if err != nil {
+			return err
+		}
+		v, err := k.CurrentVersion(ctx)
+		if err != nil {
+			return err
+		}
+		m, _ := k.Mechanism()
+		u.infof("created %s (key version %s; wraps with %v)", k.URI(), v, m)
+		fmt.Fprintln(u.stdout, k.URI())
+	default:
+		if err := refusePINValue(*p11Rotate); err != nil {
+			return err
+		}
+		k, err := u.p11.OpenKEK(ctx, *p11Rotate)
+		if err != nil {
+			return err
+		}
+		v, err := k.Rotate(ctx)
+		if err != nil {
+			return err
+		}
+		vs, _ := k.Versions(ctx)
+		u.infof("rotated %s: key version %s is now current (%d versions)", k.URI(), v, len(vs))
+		fmt.Fprintln(u.stdout, v)
+	}
+	return nil
+}
+
+// openPKCS11 opens a pkcs11: KEK URI given on the command line. It is in
+// resolver() but never in autoOpenSchemes: a header's URI must not choose a
+// module to load.
+func (u *ui) openPKCS11(ctx context.Context, uri string) (kms.KEK, error) {
+	if err := refusePINValue(uri); err != nil {
+		return nil, err
+	}
+	return u.p11.Open(ctx, uri)
+}
+
+// refusePINValue refuses a PIN in a command-line URI: secrets come from
+// files and the environment, never from flags.
+func refusePINValue(uri string) error {
+	u, err := pkcs11.ParseURI(uri)
+	if err != nil {
+		return &kms.Error{Op: "open", URI: pkcs11.Redact(uri), Err: err}
+	}
+	if u.PINValue != "" {
+		return &kms.Error{Op: "open", URI: pkcs11.Redact(uri), Err: fmt.Errorf(
+			"%w: kpcrypt takes no pin-value on the command line, where other users can read it: use pin-source=FILE or set %s",
+			kms.ErrInvalidURI, pkcs11.EnvPIN)}
 	}
 	return nil
 }

@@ -10,6 +10,8 @@
 //	kpcrypt scan (--below-version VERSION | --outdated) [--kek URI]... PATH...
 //	kpcrypt keygen -o PATH
 //	kpcrypt keygen --rotate PATH
+//	kpcrypt keygen --pkcs11 URI
+//	kpcrypt keygen --rotate-pkcs11 URI
 //
 // IN and OUT default to standard input and output; "-" means the same.
 // Outputs are written atomically: nothing is left at OUT after a failure.
@@ -26,6 +28,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 )
 
 // usageError is a mistake in the command line; it exits with status 2.
@@ -47,6 +51,8 @@ Usage:
   kpcrypt scan (--below-version VERSION | --outdated) [--kek URI]... PATH...
   kpcrypt keygen -o PATH
   kpcrypt keygen --rotate PATH
+  kpcrypt keygen --pkcs11 URI
+  kpcrypt keygen --rotate-pkcs11 URI
 
 IN and OUT default to standard input and output; "-" means the same.
 Run "kpcrypt COMMAND -h" for the options of a command.
@@ -55,12 +61,23 @@ KEK URIs:
   local:PATH    a local key file made by "kpcrypt keygen" (for development)
   crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:key:KEYID
                 an IBM Key Protect root key ("hs-crypto" in place of "kms" for HPCS)
+  pkcs11:token=TOKEN;object=LABEL?module-path=/path/module.so&pin-source=FILE
+                AES keys labelled LABEL in a PKCS#11 token (RFC 7512; also id=,
+                serial=, slot-id=). Files record only pkcs11:token=TOKEN;object=LABEL,
+                so decrypt, rewrap and scan never open a pkcs11: slot by
+                themselves: give --kek with the full URI.
 
 Environment for Key Protect and HPCS:
   IBMCLOUD_API_KEY        API key exchanged at IAM for tokens (required)
   IBMCLOUD_KP_ENDPOINT    API base URL, if not the region's public endpoint
                           (HPCS port-based endpoints, private endpoints, kplocal)
   IBMCLOUD_IAM_ENDPOINT   IAM base URL (tokens from its /identity/token)
+
+Environment for PKCS#11 tokens:
+  KPCRYPT_PKCS11_MODULE   module path when the URI has no module-path (else
+                          well-known SoftHSM2 paths are searched)
+  KPCRYPT_PKCS11_PIN      user PIN when the URI has no pin-source (pin-value
+                          is refused on the command line)
 `
 
 func main() {
@@ -73,6 +90,11 @@ func main() {
 // run executes one command line and returns the exit status.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ui := &ui{stdin: stdin, stdout: stdout, stderr: stderr}
+	// The PKCS#11 module and PIN defaults come from KPCRYPT_PKCS11_MODULE
+	// and KPCRYPT_PKCS11_PIN.
+	ui.p11 = &pkcs11.Provider{Config: pkcs11.ConfigFromEnv(os.Getenv)}
+	defer ui.p11.Close()
+	ui.resolver = ui.newResolver()
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2

@@ -46,15 +46,15 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	if *jobs < 1 {
 		return usagef("rewrap: --jobs must be at least 1")
 	}
-	keyring, err := rewrapKeyring(ctx, keks)
+	keyring, err := u.rewrapKeyring(ctx, keks)
 	if err != nil {
 		return err
 	}
 	opts := &envelope.RewrapOptions{Keyring: keyring, Remove: remove, DryRun: *dryRun}
-	if opts.To, err = openKEKs(ctx, to); err != nil {
+	if opts.To, err = u.openKEKs(ctx, to); err != nil {
 		return err
 	}
-	if opts.Add, err = openKEKs(ctx, add); err != nil {
+	if opts.Add, err = u.openKEKs(ctx, add); err != nil {
 		return err
 	}
 	files, skipped, err := collectFiles(paths)
@@ -157,17 +157,17 @@ func orDash(s string) string {
 
 // rewrapKeyring offers the given KEKs first and opens the slots' own URIs of
 // the schemes safe to open from a header.
-func rewrapKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
-	keks, err := openKEKs(ctx, uris)
+func (u *ui) rewrapKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
+	keks, err := u.openKEKs(ctx, uris)
 	if err != nil {
 		return nil, err
 	}
-	return &envelope.ResolvingKeyring{KEKs: keks, Resolver: autoResolver()}, nil
+	return &envelope.ResolvingKeyring{KEKs: keks, Resolver: u.autoResolver()}, nil
 }
 
-func openKEKs(ctx context.Context, uris []string) (envelope.KEKs, error) {
+func (u *ui) openKEKs(ctx context.Context, uris []string) (envelope.KEKs, error) {
 	var keks envelope.KEKs
-	r := resolver()
+	r := u.resolver
 	for _, uri := range uris {
 		k, err := r.Open(ctx, uri)
 		if err != nil {
@@ -179,9 +179,9 @@ func openKEKs(ctx context.Context, uris []string) (envelope.KEKs, error) {
 }
 
 // autoResolver opens only the schemes safe to open from a file's header.
-func autoResolver() kms.Resolver {
+func (u *ui) autoResolver() kms.Resolver {
 	auto := kms.Resolver{}
-	for scheme, open := range resolver() {
+	for scheme, open := range u.resolver {
 		if slices.Contains(autoOpenSchemes, scheme) {
 			auto[scheme] = open
 		}

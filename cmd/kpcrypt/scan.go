@@ -33,7 +33,7 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 	if len(paths) == 0 {
 		return usagef("scan: give at least one file or directory")
 	}
-	keyring, err := rewrapKeyring(ctx, keks)
+	keyring, err := u.rewrapKeyring(ctx, keks)
 	if err != nil {
 		return err
 	}

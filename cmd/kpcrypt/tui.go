@@ -10,6 +10,9 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
+
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 )
 
 // Output rules: results go to stdout; everything else goes to stderr as
@@ -17,6 +20,13 @@ import (
 type ui struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
+
+	// resolver opens every KEK URI of the command, so that KEKs of one
+	// service share a client and a token source.
+	resolver kms.Resolver
+	// p11 is the command's PKCS#11 provider: a module is initialised once,
+	// and a token logged in to once.
+	p11 *pkcs11.Provider
 }
 
 func (u *ui) errorf(format string, args ...any) {
