@@ -123,7 +123,11 @@ func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, erro
 		body = io.LimitReader(src, bodySize)
 		r.checkTrailing = true
 	}
-	r.sr = c.NewReader(body, &stream.Options{Workers: d.Workers})
+	workers := d.Workers
+	if r.size >= 0 && r.size < int64(h.Core.Stream.ChunkSize) {
+		workers = 1 // one chunk: no goroutine is worth starting
+	}
+	r.sr = c.NewReader(body, &stream.Options{Workers: workers})
 	if h.Core.Zstd {
 		zr, err := zstd.NewReader(r.sr, zstd.WithDecoderConcurrency(1),
 			zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(maxZstdMemory))

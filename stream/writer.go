@@ -72,8 +72,16 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, ErrClosed
 	}
 	n := 0
+	// Whole chunks are sealed straight from p, without a copy, but Write
+	// must wait for them before it returns. With workers, the last chunks of
+	// p are copied instead, so that they are sealed after Write returns and
+	// the pipeline stays full from one Write to the next.
+	tail := w.cs
+	if w.workers > 1 {
+		tail = w.cs * (w.workers + 1)
+	}
 	for len(p) > 0 && w.check() == nil {
-		if len(w.cur.buf) == 0 && len(p) >= w.cs {
+		if len(w.cur.buf) == 0 && len(p) >= tail {
 			// A whole chunk: seal it straight from p, without a copy.
 			w.cur.src = p[:w.cs]
 			if !w.submit(w.cur, false) {
