@@ -29,8 +29,11 @@ test-short:
 demo: build
 	./scripts/demo.sh
 
+# kpcrypt side by side with age, Tink, minio/sio and raw AES-GCM, in fresh
+# processes over several rounds; writes BENCHMARKS.md (see benchmarks/).
+# BENCHFLAGS=-quick for a small run.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./stream/
+	cd benchmarks && GO=$(GO) $(GO) run ./cmd/kpbench -repo .. -o ../BENCHMARKS.md $(BENCHFLAGS)
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecrypt$$' -fuzztime $(FUZZTIME) ./stream/

@@ -1,0 +1,5 @@
+//go:build !race
+
+package kpbench
+
+const raceEnabled = false
