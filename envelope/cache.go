@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"container/list"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"slices"
@@ -63,6 +64,7 @@ type DataKeyCache struct {
 	mu      sync.Mutex
 	entries map[[32]byte]*list.Element
 	lru     *list.List // front: most recently used
+	pending map[[32]byte]chan struct{}
 }
 
 type cacheEntry struct {
@@ -81,7 +83,8 @@ func NewDataKeyCache(maxEntries int, ttl time.Duration) *DataKeyCache {
 	if ttl <= 0 {
 		ttl = 5 * time.Minute
 	}
-	return &DataKeyCache{max: maxEntries, ttl: ttl, now: time.Now, entries: map[[32]byte]*list.Element{}, lru: list.New()}
+	return &DataKeyCache{max: maxEntries, ttl: ttl, now: time.Now, entries: map[[32]byte]*list.Element{}, lru: list.New(),
+		pending: map[[32]byte]chan struct{}{}}
 }
 
 func cacheKey(uri string, wrapped, aad []byte) [32]byte {
@@ -97,11 +100,48 @@ func cacheKey(uri string, wrapped, aad []byte) [32]byte {
 	return k
 }
 
+// acquire returns a copy of a cached DEK. On a miss it makes the caller the
+// one that fetches it and returns release, which the caller must call once
+// it has put the DEK (or failed); callers that miss the same entry
+// meanwhile wait for release, then look again.
+func (c *DataKeyCache) acquire(ctx context.Context, uri string, wrapped, aad []byte) (dek []byte, version string, release func(), err error) {
+	k := cacheKey(uri, wrapped, aad)
+	for {
+		c.mu.Lock()
+		if dek, version, ok := c.lookup(k); ok {
+			c.mu.Unlock()
+			return dek, version, nil, nil
+		}
+		wait, busy := c.pending[k]
+		if !busy {
+			done := make(chan struct{})
+			c.pending[k] = done
+			c.mu.Unlock()
+			return nil, "", func() {
+				c.mu.Lock()
+				delete(c.pending, k)
+				c.mu.Unlock()
+				close(done)
+			}, nil
+		}
+		c.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, "", nil, ctx.Err()
+		}
+	}
+}
+
 // get returns a copy of a cached DEK.
 func (c *DataKeyCache) get(uri string, wrapped, aad []byte) ([]byte, string, bool) {
-	k := cacheKey(uri, wrapped, aad)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.lookup(cacheKey(uri, wrapped, aad))
+}
+
+// lookup finds an entry; c.mu is held.
+func (c *DataKeyCache) lookup(k [32]byte) ([]byte, string, bool) {
 	el, ok := c.entries[k]
 	if !ok {
 		return nil, "", false

@@ -51,6 +51,8 @@ type OpenedSlot struct {
 	// version while unwrapping it. Rewriting the slot with it (see the
 	// rewrap tools) moves the file to that version.
 	Rewrapped *kms.WrappedKey
+
+	unwrappedVersion string // the version the KEK reported, for the cache
 }
 
 // Decrypt decrypts src into dst with the KEKs of keyring. Plaintext reaches
@@ -217,39 +219,63 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersio
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		if cache != nil {
-			if dek, version, ok := cache.get(slot.URI, slot.Wrapped, aad); ok {
-				c, err := authenticate(h, &slot, kms.UnwrapResult{DEK: dek, KeyVersion: version})
-				if err != nil {
-					clear(dek)
-					return nil, nil, nil, err
-				}
-				return dek, c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion}, nil
+		if cache == nil {
+			if dek, c, opened, err := tryKEKs(ctx, h, i, &slot, keks, aad, noKEK); dek != nil || err != nil {
+				return dek, c, opened, err
 			}
+			continue
 		}
-		for _, kek := range keks {
-			res, err := kek.Unwrap(ctx, slot.Wrapped, aad)
+		// With a cache, one caller at a time unwraps a given slot; the
+		// others wait for its result.
+		dek, version, release, err := cache.acquire(ctx, slot.URI, slot.Wrapped, aad)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if dek != nil {
+			c, err := authenticate(h, &slot, kms.UnwrapResult{DEK: dek, KeyVersion: version})
 			if err != nil {
-				if ctx.Err() != nil {
-					return nil, nil, nil, err
-				}
-				noKEK.Errors = append(noKEK.Errors, err)
-				continue
-			}
-			// The KEK authenticated the slot: from here on a failure means
-			// a modified header, not a wrong key.
-			c, err := authenticate(h, &slot, res)
-			if err != nil {
-				clear(res.DEK)
+				clear(dek)
 				return nil, nil, nil, err
 			}
-			if cache != nil {
-				cache.put(slot.URI, slot.Wrapped, aad, res.DEK, res.KeyVersion)
-			}
-			return res.DEK, c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion, Rewrapped: res.Rewrapped}, nil
+			return dek, c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion}, nil
+		}
+		dek, c, opened, err := tryKEKs(ctx, h, i, &slot, keks, aad, noKEK)
+		if dek != nil {
+			cache.put(slot.URI, slot.Wrapped, aad, dek, opened.unwrappedVersion)
+		}
+		release()
+		if dek != nil || err != nil {
+			return dek, c, opened, err
 		}
 	}
 	return nil, nil, nil, noKEK
+}
+
+// tryKEKs tries each KEK on a slot. It returns the DEK and the header's
+// cipher when one unwraps it and the header authenticates, an error when
+// the header does not (or the context ends), and nothing when no KEK
+// unwrapped the slot (their errors go to noKEK).
+func tryKEKs(ctx context.Context, h *format.Header, i int, slot *format.Slot, keks []kms.KEK, aad []byte, noKEK *NoKEKError) ([]byte, *stream.Cipher, *OpenedSlot, error) {
+	for _, kek := range keks {
+		res, err := kek.Unwrap(ctx, slot.Wrapped, aad)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil, nil, err
+			}
+			noKEK.Errors = append(noKEK.Errors, err)
+			continue
+		}
+		// The KEK authenticated the slot: from here on a failure means a
+		// modified header, not a wrong key.
+		c, err := authenticate(h, slot, res)
+		if err != nil {
+			clear(res.DEK)
+			return nil, nil, nil, err
+		}
+		return res.DEK, c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion, Rewrapped: res.Rewrapped,
+			unwrappedVersion: res.KeyVersion}, nil
+	}
+	return nil, nil, nil, nil
 }
 
 // checkMinVersion refuses a slot whose key version comes before min in the
