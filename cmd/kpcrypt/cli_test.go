@@ -40,9 +40,14 @@ type result struct {
 // kp runs kpcrypt in dir with stdin and returns its outputs and status.
 func kp(t *testing.T, dir string, stdin []byte, args ...string) result {
 	t.Helper()
+	return kpEnv(t, dir, append(os.Environ(), "LC_ALL=C"), stdin, args...)
+}
+
+// kpEnv runs kpcrypt in dir with the environment env.
+func kpEnv(t *testing.T, dir string, env []string, stdin []byte, args ...string) result {
+	t.Helper()
 	cmd := exec.Command(kpcryptBin, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	cmd.Dir, cmd.Env = dir, env
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}

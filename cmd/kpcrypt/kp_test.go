@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -32,18 +31,7 @@ func TestKeyProtect(t *testing.T) {
 	dir, pt := setup(t, 150_000)
 	runEnv := func(env []string, args ...string) result {
 		t.Helper()
-		cmd := exec.Command(kpcryptBin, args...)
-		cmd.Dir, cmd.Env = dir, env
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return result{stdout.Bytes(), stderr.Bytes(), code}
+		return kpEnv(t, dir, env, nil, args...)
 	}
 
 	runEnv(env, "encrypt", "--kek", crn, "--kek", "local:kek.json", "-o", "f.kpc", "plain.bin").expect(t, 0)

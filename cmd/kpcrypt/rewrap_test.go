@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -34,18 +33,7 @@ func TestRewrapCommand(t *testing.T) {
 	dir, pt := setup(t, 70_000)
 	kpc := func(args ...string) result {
 		t.Helper()
-		cmd := exec.Command(kpcryptBin, args...)
-		cmd.Dir, cmd.Env = dir, env
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return result{stdout.Bytes(), stderr.Bytes(), code}
+		return kpEnv(t, dir, env, nil, args...)
 	}
 	os.MkdirAll(filepath.Join(dir, "d", "sub"), 0o755)
 	kpc("encrypt", "--kek", crn, "-o", "d/a.kpc", "plain.bin").expect(t, 0)
