@@ -1,7 +1,6 @@
 package envelope
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -21,6 +20,7 @@ import (
 	"testing/cryptotest"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/internal/testvec"
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/local"
 	"github.com/kpcrypt/kpcrypt/stream"
@@ -80,57 +80,42 @@ type vector struct {
 }
 
 func (v *vector) marshal() []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "expect: %s\n", v.expect)
-	fmt.Fprintf(&b, "keyring: %s\n", strings.Join(v.keyring, " "))
+	fields := testvec.Pairs("expect", v.expect, "keyring", strings.Join(v.keyring, " "))
 	if v.expect == expectSuccess {
-		fmt.Fprintf(&b, "opened slot: %d\n", v.slot)
-		fmt.Fprintf(&b, "plaintext size: %d\n", v.size)
-		fmt.Fprintf(&b, "plaintext sha256: %x\n", v.sum)
+		fields = append(fields, testvec.Pairs(
+			"opened slot", strconv.Itoa(v.slot),
+			"plaintext size", strconv.FormatInt(v.size, 10),
+			"plaintext sha256", hex.EncodeToString(v.sum))...)
 	}
-	fmt.Fprintf(&b, "comment: %s\n", v.comment)
-	b.WriteString("\n")
-	b.Write(v.file)
-	return b.Bytes()
+	fields = append(fields, testvec.Pairs("comment", v.comment)...)
+	return (&testvec.File{Fields: fields, Body: v.file}).Marshal()
 }
 
-func parseVector(name string, data []byte) (*vector, error) {
-	v := &vector{name: name, slot: -1, size: -1}
-	r := bufio.NewReader(bytes.NewReader(data))
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return nil, fmt.Errorf("%s: unterminated preamble", name)
-		}
-		line = strings.TrimSuffix(line, "\n")
-		if line == "" {
-			break
-		}
-		key, value, ok := strings.Cut(line, ": ")
-		if !ok {
-			return nil, fmt.Errorf("%s: bad line %q", name, line)
-		}
-		switch key {
+func parseVector(f *testvec.File) (*vector, error) {
+	name := f.Name
+	v := &vector{name: name, slot: -1, size: -1, file: f.Body}
+	for _, fd := range f.Fields {
+		var err error
+		switch fd.Key {
 		case "expect":
-			v.expect = value
+			v.expect = fd.Value
 		case "keyring":
-			v.keyring = strings.Fields(value)
+			v.keyring = strings.Fields(fd.Value)
 		case "opened slot":
-			v.slot, err = strconv.Atoi(value)
+			v.slot, err = strconv.Atoi(fd.Value)
 		case "plaintext size":
-			v.size, err = strconv.ParseInt(value, 10, 64)
+			v.size, err = strconv.ParseInt(fd.Value, 10, 64)
 		case "plaintext sha256":
-			v.sum, err = hex.DecodeString(value)
+			v.sum, err = hex.DecodeString(fd.Value)
 		case "comment":
-			v.comment = value
+			v.comment = fd.Value
 		default:
-			err = fmt.Errorf("unknown key %q", key)
+			err = fmt.Errorf("unknown key %q", fd.Key)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v", name, err)
 		}
 	}
-	v.file, _ = io.ReadAll(r)
 	if _, ok := expectErr[v.expect]; !ok && v.expect != expectSuccess {
 		return nil, fmt.Errorf("%s: unknown expectation %q", name, v.expect)
 	}
@@ -182,20 +167,13 @@ func vectorKEKs(t *testing.T) (string, map[string]*local.KEK) {
 
 func loadVectors(t *testing.T, dir string) []*vector {
 	t.Helper()
-	paths, err := filepath.Glob(filepath.Join(dir, "*.vec"))
+	files, err := testvec.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(paths) == 0 {
-		t.Fatalf("no test vectors in %s", dir)
-	}
 	var vs []*vector
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		v, err := parseVector(strings.TrimSuffix(filepath.Base(p), ".vec"), data)
+	for _, f := range files {
+		v, err := parseVector(f)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,6 @@
 package stream
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,9 +12,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"testing/cryptotest"
+
+	"github.com/kpcrypt/kpcrypt/internal/testvec"
 )
 
 // The test vectors live in ../testdata/stream, one file per vector: a few
@@ -54,54 +54,39 @@ type vector struct {
 }
 
 func (v *vector) marshal() []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "expect: %s\n", v.expect)
-	fmt.Fprintf(&b, "dek: %x\n", v.dek)
-	fmt.Fprintf(&b, "chunk size: %d\n", v.chunkSize)
-	fmt.Fprintf(&b, "released sha256: %x\n", v.released)
-	fmt.Fprintf(&b, "comment: %s\n", v.comment)
-	b.WriteString("\n")
-	b.Write(v.ciphertext)
-	return b.Bytes()
+	return (&testvec.File{Fields: testvec.Pairs(
+		"expect", v.expect,
+		"dek", hex.EncodeToString(v.dek),
+		"chunk size", strconv.Itoa(v.chunkSize),
+		"released sha256", hex.EncodeToString(v.released),
+		"comment", v.comment,
+	), Body: v.ciphertext}).Marshal()
 }
 
-func parseVector(name string, data []byte) (*vector, error) {
-	v := &vector{name: name}
-	r := bufio.NewReader(bytes.NewReader(data))
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return nil, fmt.Errorf("%s: unterminated header", name)
-		}
-		line = strings.TrimSuffix(line, "\n")
-		if line == "" {
-			break
-		}
-		key, value, ok := strings.Cut(line, ": ")
-		if !ok {
-			return nil, fmt.Errorf("%s: bad line %q", name, line)
-		}
-		switch key {
+func parseVector(f *testvec.File) (*vector, error) {
+	v := &vector{name: f.Name, ciphertext: f.Body}
+	for _, fd := range f.Fields {
+		var err error
+		switch fd.Key {
 		case "expect":
-			v.expect = value
+			v.expect = fd.Value
 		case "dek":
-			v.dek, err = hex.DecodeString(value)
+			v.dek, err = hex.DecodeString(fd.Value)
 		case "chunk size":
-			v.chunkSize, err = strconv.Atoi(value)
+			v.chunkSize, err = strconv.Atoi(fd.Value)
 		case "released sha256":
-			v.released, err = hex.DecodeString(value)
+			v.released, err = hex.DecodeString(fd.Value)
 		case "comment":
-			v.comment = value
+			v.comment = fd.Value
 		default:
-			err = fmt.Errorf("unknown key %q", key)
+			err = fmt.Errorf("unknown key %q", fd.Key)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s: %v", name, err)
+			return nil, fmt.Errorf("%s: %v", f.Name, err)
 		}
 	}
-	v.ciphertext, _ = io.ReadAll(r)
 	if _, ok := expectErr[v.expect]; !ok && v.expect != expectSuccess {
-		return nil, fmt.Errorf("%s: unknown expectation %q", name, v.expect)
+		return nil, fmt.Errorf("%s: unknown expectation %q", f.Name, v.expect)
 	}
 	return v, nil
 }
@@ -109,20 +94,13 @@ func parseVector(name string, data []byte) (*vector, error) {
 // loadVectors reads every vector in ../testdata/stream.
 func loadVectors(tb testing.TB) []*vector {
 	tb.Helper()
-	paths, err := filepath.Glob(filepath.Join(vectorDir, "*.vec"))
+	files, err := testvec.ReadDir(vectorDir)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if len(paths) == 0 {
-		tb.Fatalf("no test vectors in %s", vectorDir)
-	}
 	var vs []*vector
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		v, err := parseVector(strings.TrimSuffix(filepath.Base(p), ".vec"), data)
+	for _, f := range files {
+		v, err := parseVector(f)
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -7,13 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"testing/iotest"
 
+	"github.com/kpcrypt/kpcrypt/internal/testvec"
 	"github.com/kpcrypt/kpcrypt/stream"
 )
 
@@ -537,21 +536,13 @@ func TestErrorMessage(t *testing.T) {
 // vectorSeeds returns the envelope files of the test vectors: each vector
 // file without its "key: value" preamble.
 func vectorSeeds(tb testing.TB) [][]byte {
-	paths, err := filepath.Glob("../../../testdata/envelope/*.vec")
+	files, err := testvec.ReadDir("../../../testdata/envelope")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	var seeds [][]byte
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		i := bytes.Index(data, []byte("\n\n"))
-		if i < 0 {
-			tb.Fatalf("%s: no end of preamble", p)
-		}
-		seeds = append(seeds, data[i+2:])
+	for _, f := range files {
+		seeds = append(seeds, f.Body)
 	}
 	return seeds
 }
