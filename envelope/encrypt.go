@@ -142,11 +142,9 @@ func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*
 	if _, err := dst.Write(header); err != nil {
 		return nil, err
 	}
-	workers := e.Workers
-	if size >= 0 && size < int64(c.Header().ChunkSize) {
-		workers = 1 // one chunk: no goroutine is worth starting
-	}
-	w := &Writer{sw: c.NewWriter(dst, &stream.Options{Workers: workers}), size: size}
+	// The stream's Writer starts its workers only once a full chunk is
+	// written, so a one-chunk file starts none.
+	w := &Writer{sw: c.NewWriter(dst, &stream.Options{Workers: e.Workers}), size: size}
 	if e.Compression == CompressionZstd {
 		if w.zw, err = zstd.NewWriter(w.sw, zstd.WithEncoderConcurrency(1)); err != nil {
 			w.sw.Close()
