@@ -144,9 +144,9 @@ func (s *Server) openCiphertext(c *call, b actionBody, present bool) (opened, er
 	return opened{k: k, v: v, dek: dek, aad: b.AAD}, nil
 }
 
-// unwrap serves the unwrap action. A ciphertext made with an older version
-// also gets the DEK rewrapped under the current version.
-func (s *Server) unwrap(c *call) (reply, error) {
+// withOpened decodes an unwrap or rewrap body and, holding the server's
+// lock, opens its ciphertext and hands it to fn.
+func (s *Server) withOpened(c *call, fn func(o opened) (reply, error)) (reply, error) {
 	var b actionBody
 	present, err := decodeStrict(c, whatAction, &b)
 	if err != nil {
@@ -158,39 +158,39 @@ func (s *Server) unwrap(c *call) (reply, error) {
 	if err != nil {
 		return reply{}, err
 	}
-	used := newVersionView(o.v)
-	resp := actionResponse{Plaintext: base64.StdEncoding.EncodeToString(o.dek), KeyVersion: &used}
-	if cur := o.k.current(); cur.ID != o.v.ID {
-		if resp.Ciphertext, err = seal(o.k.ID, cur, o.dek, o.aad); err != nil {
-			return reply{}, err
+	return fn(o)
+}
+
+// unwrap serves the unwrap action. A ciphertext made with an older version
+// also gets the DEK rewrapped under the current version.
+func (s *Server) unwrap(c *call) (reply, error) {
+	return s.withOpened(c, func(o opened) (reply, error) {
+		used := newVersionView(o.v)
+		resp := actionResponse{Plaintext: base64.StdEncoding.EncodeToString(o.dek), KeyVersion: &used}
+		if cur := o.k.current(); cur.ID != o.v.ID {
+			var err error
+			if resp.Ciphertext, err = seal(o.k.ID, cur, o.dek, o.aad); err != nil {
+				return reply{}, err
+			}
+			rewrapped := newVersionView(cur)
+			resp.RewrappedKeyVersion = &rewrapped
 		}
-		rewrapped := newVersionView(cur)
-		resp.RewrappedKeyVersion = &rewrapped
-	}
-	return reply{status: http.StatusOK, body: resp}, nil
+		return reply{status: http.StatusOK, body: resp}, nil
+	})
 }
 
 // rewrap serves the rewrap action: the DEK re-sealed under the current
 // version, never the plaintext.
 func (s *Server) rewrap(c *call) (reply, error) {
-	var b actionBody
-	present, err := decodeStrict(c, whatAction, &b)
-	if err != nil {
-		return reply{}, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	o, err := s.openCiphertext(c, b, present)
-	if err != nil {
-		return reply{}, err
-	}
-	cur := o.k.current()
-	ct, err := seal(o.k.ID, cur, o.dek, o.aad)
-	if err != nil {
-		return reply{}, err
-	}
-	used, rewrapped := newVersionView(o.v), newVersionView(cur)
-	return reply{status: http.StatusOK, body: actionResponse{Ciphertext: ct, KeyVersion: &used, RewrappedKeyVersion: &rewrapped}}, nil
+	return s.withOpened(c, func(o opened) (reply, error) {
+		cur := o.k.current()
+		ct, err := seal(o.k.ID, cur, o.dek, o.aad)
+		if err != nil {
+			return reply{}, err
+		}
+		used, rewrapped := newVersionView(o.v), newVersionView(cur)
+		return reply{status: http.StatusOK, body: actionResponse{Ciphertext: ct, KeyVersion: &used, RewrappedKeyVersion: &rewrapped}}, nil
+	})
 }
 
 // rotate serves the rotate action: a new current version with fresh (or,
