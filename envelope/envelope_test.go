@@ -509,7 +509,7 @@ func TestResolvingKeyring(t *testing.T) {
 	ct12 := mustSeal(t, &Encrypter{KEKs: []kms.KEK{k2, k1}}, pt)
 
 	// No KEK given: the slot's URI is opened through the resolver, once.
-	rk := &ResolvingKeyring{Resolver: resolver}
+	rk := &ResolvingKeyring{Filter: trustAll, Resolver: resolver}
 	for _, c := range []struct {
 		ct   []byte
 		want []byte
@@ -535,7 +535,7 @@ func TestResolvingKeyring(t *testing.T) {
 
 	// A KEK given with the slot's exact URI is used without the resolver.
 	opens.Store(0)
-	rk = &ResolvingKeyring{KEKs: KEKs{k1}, Resolver: resolver}
+	rk = &ResolvingKeyring{Filter: trustAll, KEKs: KEKs{k1}, Resolver: resolver}
 	if _, err := Open(ctx, ct1, rk); err != nil {
 		t.Fatal(err)
 	}
@@ -544,7 +544,7 @@ func TestResolvingKeyring(t *testing.T) {
 	}
 
 	// No backend for the scheme: no KEK at all.
-	_, err = Open(ctx, ct1, &ResolvingKeyring{Resolver: kms.Resolver{"crn": resolver["local"]}})
+	_, err = Open(ctx, ct1, &ResolvingKeyring{Filter: trustAll, Resolver: kms.Resolver{"crn": resolver["local"]}})
 	checkClass(t, "no backend", err, ErrNoKEK)
 
 	// The key file is gone: the resolver's error is reported.
@@ -557,7 +557,7 @@ func TestResolvingKeyring(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, "gone.json")); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Open(ctx, ctGone, &ResolvingKeyring{Resolver: kms.Resolver{"local": local.Open}})
+	_, err = Open(ctx, ctGone, &ResolvingKeyring{Filter: trustAll, Resolver: kms.Resolver{"local": local.Open}})
 	checkClass(t, "missing key file", err, ErrNoKEK)
 	if !errors.Is(err, kms.ErrNotFound) {
 		t.Errorf("missing key file: %v does not wrap kms.ErrNotFound", err)
@@ -906,7 +906,7 @@ func TestConcurrentUse(t *testing.T) {
 	k1, k2 := newLocalKEK(t, "a"), newLocalKEK(t, "b")
 	enc := &Encrypter{KEKs: []kms.KEK{k1, k2}, ChunkSize: testChunkSize, Workers: 2, Context: map[string]string{"app": "test"}}
 	keyring := KEKs{k2}
-	resolving := &ResolvingKeyring{Resolver: kms.Resolver{"local": local.Open}}
+	resolving := &ResolvingKeyring{Filter: trustAll, Resolver: kms.Resolver{"local": local.Open}}
 	dec := &Decrypter{Keyring: keyring, Workers: 2, Context: map[string]string{"app": "test"}}
 	shared := mustSeal(t, enc, testPlaintext(6*testChunkSize))
 	sharedPT := testPlaintext(6 * testChunkSize)

@@ -50,13 +50,18 @@ type SlotChange struct {
 	URI string
 	// Action is "current" (kept, already at the current version), "kept"
 	// (left as it was: slots were only added or removed, or its KEK cannot
-	// tell its version), "rewrapped", "added" or "removed".
+	// tell its version), "unchecked" (left as it was: no KEK for it could
+	// be opened, so whether it is current is not known; Err says why),
+	// "rewrapped", "added" or "removed".
 	Action string
 	// OldVersion and NewVersion are the key versions before and after.
 	OldVersion, NewVersion string
 	// ServerSide is set when the KMS rewrapped the DEK without the client
 	// seeing it.
 	ServerSide bool
+	// Err is why an "unchecked" slot's KEK could not be opened, when the
+	// keyring said: for example an error matching kms.ErrUntrusted.
+	Err error
 }
 
 // RewrapResult reports a rewrap.
@@ -98,7 +103,7 @@ func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, er
 	}
 	res := &RewrapResult{Slots: changes, Sequence: h.Table().Sequence}
 	for _, c := range changes {
-		if c.Action != "current" && c.Action != "kept" {
+		if c.Action != "current" && c.Action != "kept" && c.Action != "unchecked" {
 			res.Changed = true
 		}
 	}
@@ -246,12 +251,12 @@ func (rw *rewrapper) plan() ([]format.Slot, []SlotChange, error) {
 			continue
 		}
 		kek, err := rw.kekFor(s.URI)
+		if kek == nil && (err == nil || errors.Is(err, kms.ErrUntrusted) || errors.Is(err, kms.ErrInvalidURI)) {
+			p.put(s, SlotChange{URI: s.URI, Action: "unchecked", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion, Err: err})
+			continue
+		}
 		if err != nil {
 			return nil, nil, err
-		}
-		if kek == nil {
-			p.put(s, SlotChange{URI: s.URI, Action: "kept", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion})
-			continue
 		}
 		if err := rw.refresh(&p, s, kek); err != nil {
 			return nil, nil, err
@@ -294,25 +299,18 @@ func (rw *rewrapper) add(p *slotPlan, kek kms.KEK) error {
 	return nil
 }
 
-// kekFor returns the keyring's KEK whose URI is uri, or nil.
+// kekFor returns the keyring's KEK whose URI is uri, or nil and why not.
 func (rw *rewrapper) kekFor(uri string) (kms.KEK, error) {
 	if rw.opts.Keyring == nil {
 		return nil, nil
 	}
 	keks, err := rw.opts.Keyring.KEKsFor(rw.ctx, uri)
-	if err != nil {
-		var ke *kms.Error
-		if errors.As(err, &ke) && errors.Is(err, kms.ErrInvalidURI) {
-			return nil, nil
-		}
-		return nil, err
-	}
 	for _, k := range keks {
 		if k.URI() == uri {
 			return k, nil
 		}
 	}
-	return nil, nil
+	return nil, err
 }
 
 // refresh moves slot s to kek's current version, if it is not there.

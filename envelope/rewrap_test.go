@@ -48,7 +48,7 @@ func (e *kpEnv) kek(t *testing.T, name string) *keyprotect.KEK {
 }
 
 func (e *kpEnv) keyring() *ResolvingKeyring {
-	return &ResolvingKeyring{Resolver: kms.Resolver{keyprotect.Scheme: e.opener.Open, local.Scheme: local.Open}}
+	return &ResolvingKeyring{Filter: trustAll, Resolver: kms.Resolver{keyprotect.Scheme: e.opener.Open, local.Scheme: local.Open}}
 }
 
 // encryptFile writes a file of n bytes encrypted under keks and returns its
@@ -246,7 +246,7 @@ func TestMigrateAddRemove(t *testing.T) {
 	kpA, kpB := kp.kek(t, "key-a"), kp.kek(t, "key-b")
 	loc := newLocalKEK(t, "local")
 	dir := t.TempDir()
-	keyring := &ResolvingKeyring{KEKs: KEKs{loc}, Resolver: kp.keyring().Resolver}
+	keyring := &ResolvingKeyring{Filter: trustAll, KEKs: KEKs{loc}, Resolver: kp.keyring().Resolver}
 
 	// local → Key Protect.
 	p, pt := encryptFile(t, dir, "f.kpc", 30_000, loc)

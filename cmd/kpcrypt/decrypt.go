@@ -6,12 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
-	"github.com/kpcrypt/kpcrypt/kms"
-	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 )
 
 func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
@@ -22,6 +19,7 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 	force := fs.Bool("force", false, "overwrite OUT if it exists")
 	quiet := fs.Bool("quiet", false, "show no progress bar")
 	fs.Var(&contexts, "context", "require the encryption context to hold `key=value` (repeatable)")
+	kmsTimeout := kmsTimeoutFlag(fs)
 	operands, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
 		helpFor(fs, u.stdout, "kpcrypt decrypt [--kek URI]... [-o OUT] [--force] [IN]")
@@ -37,6 +35,9 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 	if err != nil {
 		return usagef("decrypt: %v", err)
 	}
+	if err := checkTimeout("decrypt", *kmsTimeout); err != nil {
+		return err
+	}
 
 	in, err := openInput(u, operand(operands))
 	if err != nil {
@@ -49,14 +50,17 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 	}
 	defer o.abort()
 
-	keyring, err := u.decryptKeyring(ctx, keks)
+	keyring, err := u.slotKeyring(ctx, keks)
 	if err != nil {
 		return err
 	}
 	d := &envelope.Decrypter{Keyring: keyring, Context: required}
 	src, done := u.progress(in, in.size, *quiet, "decrypting")
 	defer done()
-	r, err := d.NewReader(ctx, ctxReader{ctx, src})
+	kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
+	defer cancel()
+	r, err := d.NewReader(kctx, ctxReader{ctx, src})
+	cancel()
 	if err != nil {
 		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
 	}
@@ -65,15 +69,6 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
 	}
 	return o.commit()
-}
-
-// decryptKeyring is the given KEKs or, with none, a keyring that opens the
-// slots' URIs of the schemes safe to open from a header.
-func (u *ui) decryptKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
-	if len(uris) == 0 {
-		return &envelope.ResolvingKeyring{Resolver: u.autoResolver()}, nil
-	}
-	return u.openKEKs(ctx, uris)
 }
 
 // explain rewords the library's errors for the command line.
@@ -95,9 +90,6 @@ func explain(err error, kekGiven bool) error {
 		}
 		if len(causes) > 0 {
 			msg += ": " + strings.Join(causes, "; ")
-		}
-		if !kekGiven && slices.ContainsFunc(nk.URIs, func(u string) bool { return kms.Scheme(u) == pkcs11.Scheme }) {
-			msg += " (a pkcs11: slot opens only with --kek pkcs11:…, since a file may not choose a module to load)"
 		}
 		return errors.New(msg)
 	}

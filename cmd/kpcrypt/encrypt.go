@@ -19,19 +19,15 @@ import (
 
 // newResolver returns the resolver of the KEK URIs the command line
 // accepts; a command builds one and uses it for every URI. Key Protect and
-// HPCS take their credentials and endpoints from the environment; PKCS#11
+// HPCS take their credentials from the environment, and their endpoints
+// from the trust configuration and the environment (ui.route); PKCS#11
 // tokens take their module and PIN from the URI or the environment
 // (KPCRYPT_PKCS11_MODULE, KPCRYPT_PKCS11_PIN), through the process's one
 // provider.
 func (u *ui) newResolver() kms.Resolver {
-	kp := &keyprotect.Opener{Config: keyprotect.ConfigFromEnv(os.Getenv)}
+	kp := &keyprotect.Opener{Config: keyprotect.ConfigFromEnv(os.Getenv), Route: u.route}
 	return kms.Resolver{local.Scheme: local.Open, keyprotect.Scheme: kp.Open, pkcs11.Scheme: u.openPKCS11}
 }
-
-// autoOpenSchemes are the schemes whose slot URIs decrypt may open by itself
-// when no --kek is given. A URI that could name code to load (a PKCS#11
-// module) must never come from a file's header.
-var autoOpenSchemes = []string{local.Scheme, keyprotect.Scheme}
 
 func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	fs := flag.NewFlagSet("encrypt", flag.ContinueOnError)
@@ -43,6 +39,7 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	chunk := fs.String("chunk-size", "64KiB", "plaintext `size` of a chunk, 4KiB to 16MiB")
 	fs.Var(&contexts, "context", "encryption context `key=value`, stored and authenticated (repeatable)")
 	compress := fs.String("compress", "", "compress before encrypting: `zstd` (reveals compressibility; no random access)")
+	kmsTimeout := kmsTimeoutFlag(fs)
 	operands, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
 		helpFor(fs, u.stdout, "kpcrypt encrypt --kek URI [--kek URI]... [-o OUT] [--force] [IN]")
@@ -65,6 +62,9 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	if err != nil {
 		return usagef("encrypt: %v", err)
 	}
+	if err := checkTimeout("encrypt", *kmsTimeout); err != nil {
+		return err
+	}
 	if *compress != "" && *compress != string(envelope.CompressionZstd) {
 		return usagef("encrypt: --compress %q: only zstd is known", *compress)
 	}
@@ -84,17 +84,20 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	defer o.abort()
 
 	e := &envelope.Encrypter{ChunkSize: chunkSize, Context: encCtx, Compression: envelope.Compression(*compress)}
+	kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
+	defer cancel()
 	for _, uri := range keks {
-		k, err := u.resolver.Open(ctx, uri)
+		k, err := u.resolver.Open(kctx, uri)
 		if err != nil {
 			return err
 		}
 		e.KEKs = append(e.KEKs, k)
 	}
-	w, err := e.NewWriter(ctx, o, in.size)
+	w, err := e.NewWriter(kctx, o, in.size)
 	if err != nil {
 		return err
 	}
+	cancel()
 	src, done := u.progress(in, in.size, *quiet, "encrypting")
 	_, err = io.Copy(w, ctxReader{ctx, src})
 	done()

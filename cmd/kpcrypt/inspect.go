@@ -19,6 +19,7 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	current := fs.Bool("current", false, "ask each slot's KEK whether the slot is under its current key version")
 	var keks listFlag
 	fs.Var(&keks, "kek", "with --current, `URI` of a KEK to ask (repeatable); without it, the slots' own URIs are opened")
+	kmsTimeout := kmsTimeoutFlag(fs)
 	operands, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
 		helpFor(fs, u.stdout, "kpcrypt inspect [--json] [--current [--kek URI]...] FILE")
@@ -44,14 +45,19 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	currents := make([]string, len(h.Slots))
 	var askErrs []string
 	if *current {
-		keyring, err := u.rewrapKeyring(ctx, keks)
+		if err := checkTimeout("inspect", *kmsTimeout); err != nil {
+			return err
+		}
+		kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
+		defer cancel()
+		keyring, err := u.slotKeyring(kctx, keks)
 		if err != nil {
 			return err
 		}
-		v := &versionCache{ctx: ctx, keyring: keyring, versions: map[string][]string{}, current: map[string]string{}}
+		v := &versionCache{ctx: kctx, keyring: keyring, versions: map[string][]string{}, current: map[string]string{}}
 		for i, s := range h.Slots {
 			if _, err := v.outdated(s); err != nil {
-				askErrs = append(askErrs, fmt.Sprintf("slot %d: %v", i, err))
+				askErrs = append(askErrs, fmt.Sprintf("slot %d not checked: %v", i, err))
 				continue
 			}
 			currents[i] = v.current[s.KEK]
@@ -83,6 +89,9 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		}
 		for _, e := range askErrs {
 			u.infof("%s", e)
+		}
+		if len(askErrs) > 0 {
+			return errQuiet
 		}
 		return nil
 	}
@@ -116,6 +125,8 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		}
 		state := ""
 		switch {
+		case *current && currents[i] == "":
+			state = ", not checked"
 		case currents[i] == "":
 		case currents[i] == s.KeyVersion:
 			state = ", current"
@@ -129,6 +140,9 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	}
 	for _, e := range askErrs {
 		u.infof("%s", e)
+	}
+	if len(askErrs) > 0 {
+		return errQuiet
 	}
 	return nil
 }

@@ -94,6 +94,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	// and KPCRYPT_PKCS11_PIN.
 	ui.p11 = &pkcs11.Provider{Config: pkcs11.ConfigFromEnv(os.Getenv)}
 	defer ui.p11.Close()
+	ui.loadTrust(os.Getenv)
 	ui.resolver = ui.newResolver()
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)

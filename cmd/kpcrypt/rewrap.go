@@ -9,14 +9,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
-	"github.com/kpcrypt/kpcrypt/kms"
 )
 
 func cmdRewrap(ctx context.Context, u *ui, args []string) error {
@@ -29,6 +27,7 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	dryRun := fs.Bool("dry-run", false, "say what would change; call no KMS write operation, write nothing")
 	jobs := fs.Int("jobs", 4, "files rewrapped at once: a bound on the KMS calls in flight")
 	quiet := fs.Bool("quiet", false, "print only failures and the summary; no progress bar")
+	kmsTimeout := kmsTimeoutFlag(fs)
 	paths, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
 		helpFor(fs, u.stdout, "kpcrypt rewrap [--kek URI]... [--to-kek URI] [--add-kek URI] [--remove-kek URI] [--dry-run] PATH...")
@@ -46,7 +45,10 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	if *jobs < 1 {
 		return usagef("rewrap: --jobs must be at least 1")
 	}
-	keyring, err := u.rewrapKeyring(ctx, keks)
+	if err := checkTimeout("rewrap", *kmsTimeout); err != nil {
+		return err
+	}
+	keyring, err := u.slotKeyring(ctx, keks)
 	if err != nil {
 		return err
 	}
@@ -79,7 +81,9 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			res, err := envelope.RewrapPath(ctx, path, opts)
+			kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
+			res, err := envelope.RewrapPath(kctx, path, opts)
+			cancel()
 			results[i] = outcome{res, err}
 			if bar != nil {
 				mu.Lock()
@@ -93,20 +97,30 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		bar.Finish()
 	}
 
-	var nChanged, nCurrent, nFailed int
+	var nChanged, nCurrent, nFailed, nUnchecked int
 	verb := "rewrapped"
 	if *dryRun {
 		verb = "would rewrap"
 	}
 	for i, o := range results {
-		switch {
-		case o.err != nil:
+		if o.err != nil {
 			nFailed++
 			u.errorf("%s: %v", files[i], o.err)
+			continue
+		}
+		unchecked := uncheckedSlots(u, files[i], o.res)
+		if unchecked > 0 {
+			nUnchecked++
+		}
+		switch {
 		case o.res.Changed:
 			nChanged++
 			if !*quiet {
 				fmt.Fprintf(u.stdout, "%s %s: %s\n", verb, files[i], describeChanges(o.res))
+			}
+		case unchecked > 0:
+			if !*quiet {
+				fmt.Fprintf(u.stdout, "not checked %s\n", files[i])
 			}
 		default:
 			nCurrent++
@@ -116,14 +130,36 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		}
 	}
 	summary := fmt.Sprintf("%d %s, %d already current, %d failed", nChanged, verb, nCurrent, nFailed)
+	if nUnchecked > 0 {
+		summary += fmt.Sprintf(", %d with slots not checked", nUnchecked)
+	}
 	if skipped > 0 {
 		summary += fmt.Sprintf(", %d skipped (not kpcrypt files)", skipped)
 	}
 	u.infof("%s", summary)
-	if nFailed > 0 {
+	if nFailed > 0 || nUnchecked > 0 {
 		return errQuiet
 	}
 	return nil
+}
+
+// uncheckedSlots reports the slots of a file whose KEK could not be
+// opened, and returns how many there are. Such a slot is never called
+// current: nobody could ask its KEK.
+func uncheckedSlots(u *ui, file string, res *envelope.RewrapResult) int {
+	n := 0
+	for i, c := range res.Slots {
+		if c.Action != "unchecked" {
+			continue
+		}
+		n++
+		why := "no --kek opens it"
+		if c.Err != nil {
+			why = c.Err.Error()
+		}
+		u.errorf("%s: slot %d (%s) not checked: %s", file, i, c.URI, why)
+	}
+	return n
 }
 
 // errQuiet fails the command without another message.
@@ -155,16 +191,6 @@ func orDash(s string) string {
 	return s
 }
 
-// rewrapKeyring offers the given KEKs first and opens the slots' own URIs of
-// the schemes safe to open from a header.
-func (u *ui) rewrapKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
-	keks, err := u.openKEKs(ctx, uris)
-	if err != nil {
-		return nil, err
-	}
-	return &envelope.ResolvingKeyring{KEKs: keks, Resolver: u.autoResolver()}, nil
-}
-
 func (u *ui) openKEKs(ctx context.Context, uris []string) (envelope.KEKs, error) {
 	var keks envelope.KEKs
 	r := u.resolver
@@ -176,17 +202,6 @@ func (u *ui) openKEKs(ctx context.Context, uris []string) (envelope.KEKs, error)
 		keks = append(keks, k)
 	}
 	return keks, nil
-}
-
-// autoResolver opens only the schemes safe to open from a file's header.
-func (u *ui) autoResolver() kms.Resolver {
-	auto := kms.Resolver{}
-	for scheme, open := range u.resolver {
-		if slices.Contains(autoOpenSchemes, scheme) {
-			auto[scheme] = open
-		}
-	}
-	return auto
 }
 
 // collectFiles expands directories, recursively, into the kpcrypt files they

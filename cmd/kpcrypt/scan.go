@@ -19,6 +19,7 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 	below := fs.String("below-version", "", "list slots under a key `VERSION` older than this one (in their KEK's order of versions)")
 	outdated := fs.Bool("outdated", false, "list slots not under their KEK's current version")
 	fs.Var(&keks, "kek", "`URI` of a KEK to ask (repeatable); without it, the slots' own URIs are opened")
+	kmsTimeout := kmsTimeoutFlag(fs)
 	paths, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
 		helpFor(fs, u.stdout, "kpcrypt scan (--below-version VERSION | --outdated) [--kek URI]... PATH...")
@@ -33,7 +34,10 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 	if len(paths) == 0 {
 		return usagef("scan: give at least one file or directory")
 	}
-	keyring, err := u.rewrapKeyring(ctx, keks)
+	if err := checkTimeout("scan", *kmsTimeout); err != nil {
+		return err
+	}
+	keyring, err := u.slotKeyring(ctx, keks)
 	if err != nil {
 		return err
 	}
@@ -58,6 +62,8 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 			continue
 		}
 		hit := false
+		kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
+		v.ctx = kctx
 		for i, s := range h.Slots {
 			var old bool
 			var err error
@@ -67,7 +73,7 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 				old, err = v.below(s, *below)
 			}
 			if err != nil {
-				u.errorf("%s: slot %d: %v", path, i, err)
+				u.errorf("%s: slot %d not checked: %v", path, i, err)
 				failed++
 				continue
 			}
@@ -76,6 +82,7 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 				fmt.Fprintf(u.stdout, "%s\tslot %d\t%s\tkey version %s\n", path, i, s.KEK, orDash(s.KeyVersion))
 			}
 		}
+		cancel()
 		if hit {
 			found++
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
+	"github.com/kpcrypt/kpcrypt/kms/trust"
 )
 
 // Output rules: results go to stdout; everything else goes to stderr as
@@ -27,6 +28,10 @@ type ui struct {
 	// p11 is the command's PKCS#11 provider: a module is initialised once,
 	// and a token logged in to once.
 	p11 *pkcs11.Provider
+	// policy is the trust configuration with the environment's endpoints;
+	// trustErr is set when the configuration could not be read.
+	policy   *trust.Policy
+	trustErr error
 }
 
 func (u *ui) errorf(format string, args ...any) {

@@ -64,9 +64,7 @@ func New(cfg Config) (*Client, error) {
 		baseDelay: cfg.RetryBaseDelay,
 		maxDelay:  cfg.RetryMaxDelay,
 	}
-	if c.http == nil {
-		c.http = defaultHTTPClient()
-	}
+	c.http = noRedirects(c.http)
 	if c.tokens == nil {
 		if c.tokens, err = NewIAMTokenSource(cfg.APIKey, cfg.IAMURL, c.http, cfg.Now); err != nil {
 			return nil, err
@@ -147,6 +145,8 @@ func (c *Client) do(ctx context.Context, cl call, out any) (http.Header, error) 
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return nil, fmt.Errorf("keyprotect %s: %w", cl.op, ctx.Err())
+		case err != nil && errors.Is(err, errRedirect):
+			return nil, fmt.Errorf("keyprotect %s: %w: %w", cl.op, kms.ErrUnavailable, errRedirect)
 		case err != nil:
 			var ke *Error
 			if errors.As(err, &ke) && !retryable(ke.StatusCode) {

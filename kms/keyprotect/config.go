@@ -51,7 +51,8 @@ type Config struct {
 	Token TokenSource
 
 	// HTTPClient is the client for every request; nil means a client
-	// with sensible transport timeouts.
+	// with sensible transport timeouts. Whatever its CheckRedirect, no
+	// redirect is ever followed.
 	HTTPClient *http.Client
 	// Timeout bounds each attempt; zero means 30 seconds.
 	Timeout time.Duration
@@ -72,25 +73,83 @@ type Config struct {
 
 // Endpoint returns the public or private base URL of a service instance in a
 // region. HPCS instances get their instance-based host; give an older,
-// port-based HPCS endpoint as BaseURL.
+// port-based HPCS endpoint as BaseURL. The URL is built with net/url from a
+// region and instance that must pass [ParseCRN]'s rules, and its host always
+// ends in one of IBM's published suffixes ([IsIBMHost]).
 func Endpoint(s Service, region, instanceID string, private bool) (string, error) {
-	if region == "" {
-		return "", errors.New("keyprotect: no region to build the endpoint from")
+	if !regionRE.MatchString(region) {
+		return "", errors.New("keyprotect: the region is not a lowercase name such as us-south")
 	}
 	p := ""
 	if private {
 		p = "private."
 	}
+	var host string
 	switch s {
 	case KeyProtect, "":
-		return fmt.Sprintf("https://%s%s.kms.cloud.ibm.com", p, region), nil
+		host = p + region + ".kms.cloud.ibm.com"
 	case HPCS:
-		if instanceID == "" {
-			return "", errors.New("keyprotect: an HPCS endpoint needs the instance ID")
+		if !uuidRE.MatchString(instanceID) {
+			return "", errors.New("keyprotect: an HPCS endpoint needs the instance ID, a lowercase UUID")
 		}
-		return fmt.Sprintf("https://%s.api.%s%s.hs-crypto.appdomain.cloud", instanceID, p, region), nil
+		host = instanceID + ".api." + p + region + ".hs-crypto.appdomain.cloud"
+	default:
+		return "", errors.New("keyprotect: unknown service (want kms or hs-crypto)")
 	}
-	return "", fmt.Errorf("keyprotect: unknown service %q", s)
+	u := url.URL{Scheme: "https", Host: host}
+	if !IsIBMHost(u.Hostname()) {
+		return "", errors.New("keyprotect: the endpoint built from the CRN is not an IBM Cloud host")
+	}
+	return u.String(), nil
+}
+
+// ibmSuffixes are the DNS suffixes under which IBM publishes the Key
+// Protect, HPCS and IAM endpoints.
+var ibmSuffixes = []string{".cloud.ibm.com", ".appdomain.cloud"}
+
+// IsIBMHost reports whether host (without a port) is a DNS name under one
+// of the suffixes where IBM publishes Key Protect, HPCS and IAM endpoints:
+// cloud.ibm.com and appdomain.cloud. IP literals and other names are not.
+func IsIBMHost(host string) bool {
+	if host == "" || len(host) > 253 || net.ParseIP(host) != nil {
+		return false
+	}
+	for _, r := range host {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	if strings.Contains(host, "..") || strings.HasPrefix(host, ".") || strings.HasPrefix(host, "-") {
+		return false
+	}
+	for _, suf := range ibmSuffixes {
+		if strings.HasSuffix(host, suf) && len(host) > len(suf) {
+			return true
+		}
+	}
+	return false
+}
+
+// errRedirect refuses every redirect: a token or an API key is never sent on
+// to a URL the server chose.
+var errRedirect = errors.New("keyprotect: the server answered with a redirect, which is never followed")
+
+// noRedirects returns a copy of hc (or of the default client when nil) that
+// follows no redirect.
+func noRedirects(hc *http.Client) *http.Client {
+	if hc == nil {
+		hc = defaultHTTPClient()
+	}
+	c := *hc
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return errRedirect }
+	return &c
+}
+
+// CheckBaseURL reports whether raw may be a base URL of the API or of IAM:
+// https, or http on a loopback address, with a host and no path.
+func CheckBaseURL(raw string) error {
+	_, err := checkBaseURL(raw)
+	return err
 }
 
 // checkBaseURL requires https, except on loopback, and no path beyond "/".
@@ -107,6 +166,9 @@ func checkBaseURL(raw string) (*url.URL, error) {
 	}
 	if u.Host == "" {
 		return nil, fmt.Errorf("keyprotect: base URL %q has no host", raw)
+	}
+	if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		return nil, fmt.Errorf("keyprotect: base URL %q must not have user information, a query or a fragment", raw)
 	}
 	if strings.Trim(u.Path, "/") != "" {
 		return nil, fmt.Errorf("keyprotect: base URL %q must not have a path (the client adds /api/v2)", raw)

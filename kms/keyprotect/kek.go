@@ -6,52 +6,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/kpcrypt/kpcrypt/kms"
 )
-
-// Scheme is the URI scheme of Key Protect and HPCS KEKs: their URIs are key
-// CRNs.
-const Scheme = "crn"
-
-// CRN is a parsed key CRN:
-// crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:key:KEYID, with
-// "hs-crypto" in place of "kms" for HPCS.
-type CRN struct {
-	Service    Service
-	Region     string
-	Account    string
-	InstanceID string
-	KeyID      string
-	raw        string
-}
-
-// ParseCRN parses a key CRN.
-func ParseCRN(s string) (CRN, error) {
-	f := strings.Split(s, ":")
-	bad := func(why string) (CRN, error) {
-		return CRN{}, fmt.Errorf("%w: %q is not a Key Protect key CRN: %s", kms.ErrInvalidURI, s, why)
-	}
-	if len(f) != 10 || f[0] != "crn" || f[1] != "v1" {
-		return bad("want crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:key:KEYID")
-	}
-	svc := Service(f[4])
-	if svc != KeyProtect && svc != HPCS {
-		return bad(fmt.Sprintf("service %q is neither kms nor hs-crypto", f[4]))
-	}
-	if f[8] != "key" {
-		return bad(fmt.Sprintf("resource type %q is not key", f[8]))
-	}
-	if f[5] == "" || f[7] == "" || f[9] == "" {
-		return bad("region, instance and key ID are required")
-	}
-	return CRN{Service: svc, Region: f[5], Account: strings.TrimPrefix(f[6], "a/"), InstanceID: f[7], KeyID: f[9], raw: s}, nil
-}
-
-// String returns the CRN as it was parsed.
-func (c CRN) String() string { return c.raw }
 
 // KEK is a Key Protect or HPCS root key used as a KEK. It implements
 // kms.KEK, kms.Rewrapper, kms.Rotator, kms.VersionReporter and
@@ -168,16 +126,32 @@ func (k *KEK) Versions(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// Opener opens KEKs from key CRNs, with one client per instance sharing one
-// token source. Config is the template for every client: InstanceID,
-// Service and Region come from each CRN, and BaseURL, when set, overrides
-// the endpoint for every instance. It is safe for concurrent use.
+// Route says where the calls for one key CRN go.
+type Route struct {
+	// BaseURL is the API base URL; empty means the endpoint published for
+	// the CRN's service, region and instance ([Endpoint]).
+	BaseURL string
+	// IAMURL is IAM's base URL; empty means Config.IAMURL, or
+	// [DefaultIAMURL] when that is empty too.
+	IAMURL string
+}
+
+// Opener opens KEKs from key CRNs, with one client per endpoint and
+// instance, and one token source per IAM endpoint. Config is the template
+// for every client: InstanceID, Service and Region come from each CRN.
+//
+// Route, when set, chooses the endpoint of each CRN, and may refuse a CRN;
+// the routes of a trust configuration come in here. When nil, a CRN's calls
+// go to Config.BaseURL if set, or else to the endpoint IBM publishes for the
+// CRN, whose host is always under an IBM suffix ([IsIBMHost]). It is safe for
+// concurrent use.
 type Opener struct {
 	Config Config
+	Route  func(CRN) (Route, error)
 
 	mu      sync.Mutex
-	tokens  TokenSource
-	clients map[string]*Client
+	tokens  map[string]TokenSource // by IAM base URL
+	clients map[string]*Client     // by API base URL and instance
 }
 
 // Open opens the KEK named by a key CRN. It has the signature of a
@@ -185,32 +159,62 @@ type Opener struct {
 func (o *Opener) Open(ctx context.Context, uri string) (kms.KEK, error) {
 	crn, err := ParseCRN(uri)
 	if err != nil {
-		return nil, &kms.Error{Op: "open", URI: uri, Err: err}
+		return nil, &kms.Error{Op: "open", URI: "crn:…", Err: err}
 	}
+	fail := func(err error) (kms.KEK, error) { return nil, &kms.Error{Op: "open", URI: uri, Err: err} }
+	route := Route{BaseURL: o.Config.BaseURL}
+	if o.Route != nil {
+		if route, err = o.Route(crn); err != nil {
+			return fail(err)
+		}
+	}
+	if route.BaseURL == "" {
+		if route.BaseURL, err = Endpoint(crn.Service, crn.Region, crn.InstanceID, o.Config.Private); err != nil {
+			return fail(err)
+		}
+	}
+	base, err := checkBaseURL(route.BaseURL)
+	if err != nil {
+		return fail(err)
+	}
+	iam := route.IAMURL
+	if iam == "" {
+		iam = o.Config.IAMURL
+	}
+	if iam == "" {
+		iam = DefaultIAMURL
+	}
+	key := base.String() + "\x00" + crn.InstanceID
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	c, ok := o.clients[crn.InstanceID]
+	c, ok := o.clients[key]
 	if !ok {
 		cfg := o.Config
 		cfg.InstanceID, cfg.Service, cfg.Region = crn.InstanceID, crn.Service, crn.Region
+		cfg.BaseURL, cfg.IAMURL = base.String(), iam
 		if cfg.Token == nil {
-			if o.tokens == nil {
+			ts, ok := o.tokens[iam]
+			if !ok {
 				if cfg.APIKey == "" {
-					return nil, &kms.Error{Op: "open", URI: uri, Err: fmt.Errorf("%w: no API key (set IBMCLOUD_API_KEY)", kms.ErrPermissionDenied)}
+					return fail(fmt.Errorf("%w: no API key (set IBMCLOUD_API_KEY)", kms.ErrPermissionDenied))
 				}
-				if o.tokens, err = NewIAMTokenSource(cfg.APIKey, cfg.IAMURL, cfg.HTTPClient, cfg.Now); err != nil {
-					return nil, &kms.Error{Op: "open", URI: uri, Err: err}
+				if ts, err = NewIAMTokenSource(cfg.APIKey, iam, cfg.HTTPClient, cfg.Now); err != nil {
+					return fail(err)
 				}
+				if o.tokens == nil {
+					o.tokens = map[string]TokenSource{}
+				}
+				o.tokens[iam] = ts
 			}
-			cfg.Token = o.tokens
+			cfg.Token = ts
 		}
 		if c, err = New(cfg); err != nil {
-			return nil, &kms.Error{Op: "open", URI: uri, Err: err}
+			return fail(err)
 		}
 		if o.clients == nil {
 			o.clients = map[string]*Client{}
 		}
-		o.clients[crn.InstanceID] = c
+		o.clients[key] = c
 	}
 	return &KEK{client: c, crn: crn}, nil
 }

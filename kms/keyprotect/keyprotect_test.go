@@ -520,10 +520,10 @@ func TestEndpointsAndCRNs(t *testing.T) {
 	}{
 		{KeyProtect, false, "https://us-south.kms.cloud.ibm.com"},
 		{KeyProtect, true, "https://private.us-south.kms.cloud.ibm.com"},
-		{HPCS, false, "https://inst.api.us-south.hs-crypto.appdomain.cloud"},
-		{HPCS, true, "https://inst.api.private.us-south.hs-crypto.appdomain.cloud"},
+		{HPCS, false, "https://9d3c1f2e-4b5a-4c6d-8e7f-0a1b2c3d4e5f.api.us-south.hs-crypto.appdomain.cloud"},
+		{HPCS, true, "https://9d3c1f2e-4b5a-4c6d-8e7f-0a1b2c3d4e5f.api.private.us-south.hs-crypto.appdomain.cloud"},
 	} {
-		if got, err := Endpoint(tc.s, "us-south", "inst", tc.private); err != nil || got != tc.want {
+		if got, err := Endpoint(tc.s, "us-south", "9d3c1f2e-4b5a-4c6d-8e7f-0a1b2c3d4e5f", tc.private); err != nil || got != tc.want {
 			t.Errorf("Endpoint(%s, private=%v) = %q, %v", tc.s, tc.private, got, err)
 		}
 	}
@@ -537,8 +537,8 @@ func TestEndpointsAndCRNs(t *testing.T) {
 			t.Errorf("%s accepted", bad)
 		}
 	}
-	c, err := ParseCRN("crn:v1:bluemix:public:hs-crypto:eu-de:a/acc:inst:key:kid")
-	if err != nil || c.Service != HPCS || c.Region != "eu-de" || c.Account != "acc" || c.InstanceID != "inst" || c.KeyID != "kid" {
+	c, err := ParseCRN("crn:v1:bluemix:public:hs-crypto:eu-de:a/acc:9d3c1f2e-4b5a-4c6d-8e7f-0a1b2c3d4e5f:key:kid")
+	if err != nil || c.Service != HPCS || c.Region != "eu-de" || c.Account != "acc" || c.InstanceID != "9d3c1f2e-4b5a-4c6d-8e7f-0a1b2c3d4e5f" || c.KeyID != "kid" {
 		t.Fatalf("ParseCRN: %v %+v", err, c)
 	}
 	for _, bad := range []string{"crn:v1:bluemix:public:cos:us-south:a/x:i:key:k", "crn:v1:bluemix:public:kms:us-south:a/x:i:policy:k", "local:x", "crn:v1:bluemix:public:kms::a/x:i:key:k"} {

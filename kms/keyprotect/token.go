@@ -61,9 +61,7 @@ func NewIAMTokenSource(apiKey, iamURL string, httpClient *http.Client, now func(
 	if err != nil {
 		return nil, fmt.Errorf("IAM endpoint: %w", err)
 	}
-	if httpClient == nil {
-		httpClient = defaultHTTPClient()
-	}
+	httpClient = noRedirects(httpClient)
 	if now == nil {
 		now = time.Now
 	}

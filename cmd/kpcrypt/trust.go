@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
+	"github.com/kpcrypt/kpcrypt/kms/trust"
+)
+
+// loadTrust reads the trust configuration and the endpoints set in the
+// environment. A configuration that cannot be read is kept as an error that
+// every KEK opened afterwards reports: no command trusts a header, or
+// routes a CRN, by a configuration it could not read.
+func (u *ui) loadTrust(getenv func(string) string) {
+	cfg, path, err := trust.Load(getenv)
+	u.trustErr = err
+	u.policy = &trust.Policy{
+		Config:      cfg,
+		Source:      path,
+		KPEndpoint:  getenv(keyprotect.EnvKPEndpoint),
+		IAMEndpoint: getenv(keyprotect.EnvIAMEndpoint),
+	}
+}
+
+// Discover implements kms.DiscoveryFilter: the user's trust configuration
+// decides which slot URIs a command may open by itself.
+func (u *ui) Discover(uri string) (string, error) {
+	if u.trustErr != nil {
+		return "", u.trustErr
+	}
+	return u.policy.Discover(uri)
+}
+
+// route routes a key CRN by the trust configuration and the environment.
+func (u *ui) route(crn keyprotect.CRN) (keyprotect.Route, error) {
+	if u.trustErr != nil {
+		return keyprotect.Route{}, u.trustErr
+	}
+	return u.policy.Route(crn)
+}
+
+// slotKeyring is the keyring of commands that read files' slots (decrypt,
+// rewrap, scan, inspect --current): the KEKs given with --kek and nothing
+// else, or, with none given, the slots' own URIs that the trust
+// configuration allows.
+func (u *ui) slotKeyring(ctx context.Context, uris []string) (envelope.Keyring, error) {
+	if len(uris) > 0 {
+		return u.openKEKs(ctx, uris)
+	}
+	return &envelope.ResolvingKeyring{Resolver: u.resolver, Filter: kms.DiscoveryFunc(u.Discover)}, nil
+}
+
+// defaultKMSTimeout bounds the KMS work for one file.
+const defaultKMSTimeout = 30 * time.Second
+
+// envKMSTimeout overrides defaultKMSTimeout.
+const envKMSTimeout = "KPCRYPT_KMS_TIMEOUT"
+
+// kmsTimeoutFlag adds --kms-timeout to fs.
+func kmsTimeoutFlag(fs *flag.FlagSet) *time.Duration {
+	d := defaultKMSTimeout
+	if v, err := time.ParseDuration(os.Getenv(envKMSTimeout)); err == nil && v > 0 {
+		d = v
+	}
+	return fs.Duration("kms-timeout", d, fmt.Sprintf("bound the KMS calls for one file to `DURATION`, retries included (default from %s, else 30s)", envKMSTimeout))
+}
+
+// checkTimeout refuses a non-positive --kms-timeout.
+func checkTimeout(cmd string, d time.Duration) error {
+	if d <= 0 {
+		return usagef("%s: --kms-timeout must be positive, such as 30s or 2m", cmd)
+	}
+	return nil
+}

@@ -1,0 +1,318 @@
+// Package trust is kpcrypt's trust configuration: which KEKs that a file's
+// header names may be opened, and where the calls for each Key Protect or
+// HPCS instance go.
+//
+// A header's KEK URIs are hints, never authority. Until a KEK has unwrapped
+// the data key, nothing in the header is authenticated, so a file must not
+// choose the host that receives the user's IAM token, the key file that
+// decides what decrypts, or the PKCS#11 module that is loaded. A [Policy]
+// is the [kms.DiscoveryFilter] that decides, from the user's own
+// configuration:
+//
+//   - A key CRN must pass [keyprotect.ParseCRN]'s strict rules. When the
+//     configuration lists Key Protect or HPCS instances, the CRN's service,
+//     region and instance (and key ID, when the entry lists key IDs) must be
+//     one of them. When it lists none, any CRN is allowed: its calls go to
+//     the endpoint the user set (IBMCLOUD_KP_ENDPOINT) and nowhere else, or,
+//     with none set, to the endpoint IBM publishes for the CRN's region,
+//     whose host is under cloud.ibm.com or appdomain.cloud. A decrypt in that
+//     last mode proves that the file opened under an IBM-hosted key that the
+//     user's token may use; it says nothing about who made the file.
+//   - A local: key file is opened only when the configuration lists its
+//     path, and then under the path the configuration spells.
+//   - A pkcs11: slot is opened only when the configuration lists a URI with
+//     the same token and object, and then through that configured URI, with
+//     the module and PIN source the user chose.
+//
+// The configuration is a JSON file, by default trust.json in kpcrypt's
+// directory under the user's configuration directory
+// (~/.config/kpcrypt/trust.json on Linux), or the file that
+// KPCRYPT_TRUST_FILE names. It gets the checks of a key file: a regular
+// file, owned by the user or root, not readable or writable by group or
+// others, at most 1 MiB. For example:
+//
+//	{
+//	  "instances": [
+//	    {
+//	      "service": "kms",
+//	      "region": "us-south",
+//	      "instance_id": "5c1b7e0a-3f2d-4e6b-9a8c-0d1e2f3a4b5c",
+//	      "key_ids": ["12e8c9c2-a162-472d-b7d6-8b9a86b815a6"],
+//	      "endpoint": "https://private.us-south.kms.cloud.ibm.com",
+//	      "iam_endpoint": "https://private.iam.cloud.ibm.com"
+//	    }
+//	  ],
+//	  "local_keys": ["/home/me/.config/kpcrypt/kek.json"],
+//	  "pkcs11_keys": ["pkcs11:token=kpcrypt;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/run/secrets/pin"]
+//	}
+//
+// Every field is optional. key_ids, endpoint and iam_endpoint narrow or
+// route one instance; without endpoint its calls go to IBMCLOUD_KP_ENDPOINT
+// when set, or else to its published endpoint.
+package trust
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
+)
+
+// EnvFile is the environment variable that names the trust configuration
+// file.
+const EnvFile = "KPCRYPT_TRUST_FILE"
+
+// MaxFileSize bounds the trust configuration file.
+const MaxFileSize = 1 << 20
+
+// Config is a parsed trust configuration.
+type Config struct {
+	// Instances are the Key Protect and HPCS instances whose key CRNs may
+	// be opened from headers.
+	Instances []Instance `json:"instances,omitempty"`
+	// LocalKeys are the paths of the local key files that may be opened
+	// from headers. Each is absolute.
+	LocalKeys []string `json:"local_keys,omitempty"`
+	// PKCS11Keys are PKCS#11 URIs, with module-path and pin-source as
+	// needed: a header slot of the same token and object is opened through
+	// the URI listed here.
+	PKCS11Keys []string `json:"pkcs11_keys,omitempty"`
+}
+
+// Instance is a Key Protect or HPCS service instance.
+type Instance struct {
+	// Service is "kms" (Key Protect) or "hs-crypto" (HPCS).
+	Service keyprotect.Service `json:"service"`
+	// Region is the instance's region, as in its CRNs.
+	Region string `json:"region"`
+	// InstanceID is the instance's GUID.
+	InstanceID string `json:"instance_id"`
+	// KeyIDs, when not empty, are the only keys of the instance that may
+	// be opened from headers.
+	KeyIDs []string `json:"key_ids,omitempty"`
+	// Endpoint is the API base URL for the instance; empty means the
+	// user's IBMCLOUD_KP_ENDPOINT, or else the published endpoint.
+	Endpoint string `json:"endpoint,omitempty"`
+	// IAMEndpoint is IAM's base URL for the instance's tokens; empty means
+	// the user's IBMCLOUD_IAM_ENDPOINT, or else IBM's public IAM.
+	IAMEndpoint string `json:"iam_endpoint,omitempty"`
+}
+
+// ErrInvalidConfig means a trust configuration is malformed.
+var ErrInvalidConfig = errors.New("invalid trust configuration")
+
+var (
+	regionRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$`)
+	uuidRE   = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	aliasRE  = regexp.MustCompile(`^[A-Za-z0-9_-]{2,90}$`)
+)
+
+// Parse parses and validates a trust configuration. Unknown fields are
+// errors, so that a misspelt key never silently widens or narrows trust.
+func Parse(data []byte) (*Config, error) {
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("%w: over %d bytes", ErrInvalidConfig, MaxFileSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: data after the JSON object", ErrInvalidConfig)
+	}
+	bad := func(format string, args ...any) (*Config, error) {
+		return nil, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	}
+	for i, in := range c.Instances {
+		if in.Service != keyprotect.KeyProtect && in.Service != keyprotect.HPCS {
+			return bad("instances[%d]: service must be kms or hs-crypto", i)
+		}
+		if !regionRE.MatchString(in.Region) {
+			return bad("instances[%d]: region must be a lowercase name such as us-south", i)
+		}
+		if !uuidRE.MatchString(in.InstanceID) {
+			return bad("instances[%d]: instance_id must be the instance's GUID, in lowercase", i)
+		}
+		for j, k := range in.KeyIDs {
+			if !uuidRE.MatchString(k) && !aliasRE.MatchString(k) {
+				return bad("instances[%d].key_ids[%d]: not a key ID or alias", i, j)
+			}
+		}
+		if in.Endpoint != "" {
+			if err := keyprotect.CheckBaseURL(in.Endpoint); err != nil {
+				return bad("instances[%d].endpoint: want https://HOST[:PORT] (http only on loopback)", i)
+			}
+		}
+		if in.IAMEndpoint != "" {
+			if err := keyprotect.CheckBaseURL(in.IAMEndpoint); err != nil {
+				return bad("instances[%d].iam_endpoint: want https://HOST[:PORT] (http only on loopback)", i)
+			}
+		}
+	}
+	for i, p := range c.LocalKeys {
+		if !filepath.IsAbs(p) {
+			return bad("local_keys[%d]: the path must be absolute", i)
+		}
+		c.LocalKeys[i] = filepath.Clean(p)
+	}
+	for i, u := range c.PKCS11Keys {
+		if _, _, err := pkcs11Identity(u); err != nil {
+			return bad("pkcs11_keys[%d]: %v", i, err)
+		}
+		if hasPINValue(u) {
+			return bad("pkcs11_keys[%d]: pin-value is not allowed here; use pin-source=FILE or KPCRYPT_PKCS11_PIN", i)
+		}
+	}
+	return &c, nil
+}
+
+// Policy is the trust decision for one process: a configuration (which may
+// be nil, for none) and the endpoints the user set in the environment. It
+// implements [kms.DiscoveryFilter], and its Route method routes the calls
+// for every key CRN, whether it came from a header or from the user.
+type Policy struct {
+	// Config is the trust configuration; nil means none.
+	Config *Config
+	// KPEndpoint is the API base URL the user set (IBMCLOUD_KP_ENDPOINT):
+	// the calls of every CRN that no instance entry routes go there, and
+	// nowhere else.
+	KPEndpoint string
+	// IAMEndpoint is IAM's base URL the user set (IBMCLOUD_IAM_ENDPOINT).
+	IAMEndpoint string
+	// Source names where Config came from, for messages: a path, or empty.
+	Source string
+}
+
+// Discover implements [kms.DiscoveryFilter].
+func (p *Policy) Discover(uri string) (string, error) {
+	scheme, rest, _ := strings.Cut(uri, ":")
+	switch scheme {
+	case keyprotect.Scheme:
+		crn, err := keyprotect.ParseCRN(uri)
+		if err != nil {
+			return "", err
+		}
+		if p.Config == nil || len(p.Config.Instances) == 0 {
+			return uri, nil
+		}
+		in := p.instance(crn)
+		if in == nil {
+			return "", fmt.Errorf("%w: its Key Protect instance is not listed in the trust configuration (%s); add it there, or give --kek", kms.ErrUntrusted, p.where())
+		}
+		if len(in.KeyIDs) > 0 && !slices.Contains(in.KeyIDs, crn.KeyID) {
+			return "", fmt.Errorf("%w: its key is not among the key_ids listed for its instance in the trust configuration (%s)", kms.ErrUntrusted, p.where())
+		}
+		return uri, nil
+	case "local":
+		if p.Config != nil && filepath.IsAbs(rest) {
+			want := filepath.Clean(rest)
+			for _, path := range p.Config.LocalKeys {
+				if path == want {
+					return "local:" + path, nil
+				}
+			}
+		}
+		return "", fmt.Errorf("%w: a file may not choose a local key file; give --kek local:PATH, or list the key file's absolute path under local_keys in the trust configuration (%s)", kms.ErrUntrusted, p.where())
+	case "pkcs11":
+		token, object, err := pkcs11Identity(uri)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", kms.ErrInvalidURI, err)
+		}
+		if p.Config != nil {
+			for _, c := range p.Config.PKCS11Keys {
+				if t, o, err := pkcs11Identity(c); err == nil && t == token && o == object {
+					return c, nil
+				}
+			}
+		}
+		return "", fmt.Errorf("%w: a file may not choose a PKCS#11 module; give --kek pkcs11:…, or list the token's URI under pkcs11_keys in the trust configuration (%s)", kms.ErrUntrusted, p.where())
+	}
+	return "", fmt.Errorf("%w: a KEK of an unknown scheme", kms.ErrUntrusted)
+}
+
+// Route chooses where the calls for crn go: the endpoint of its instance
+// entry, else the user's KPEndpoint, else (empty BaseURL) the endpoint IBM
+// publishes for it. It has the signature of keyprotect.Opener.Route.
+func (p *Policy) Route(crn keyprotect.CRN) (keyprotect.Route, error) {
+	r := keyprotect.Route{BaseURL: p.KPEndpoint, IAMURL: p.IAMEndpoint}
+	if in := p.instance(crn); in != nil {
+		if in.Endpoint != "" {
+			r.BaseURL = in.Endpoint
+		}
+		if in.IAMEndpoint != "" {
+			r.IAMURL = in.IAMEndpoint
+		}
+	}
+	return r, nil
+}
+
+func (p *Policy) instance(crn keyprotect.CRN) *Instance {
+	if p.Config == nil {
+		return nil
+	}
+	for i, in := range p.Config.Instances {
+		if in.Service == crn.Service && in.Region == crn.Region && in.InstanceID == crn.InstanceID {
+			return &p.Config.Instances[i]
+		}
+	}
+	return nil
+}
+
+func (p *Policy) where() string {
+	if p.Source != "" {
+		return p.Source
+	}
+	return "none is set: see " + EnvFile
+}
+
+// pkcs11Identity returns the token and object labels of a PKCS#11 URI,
+// percent-decoded. The error never repeats the URI.
+func pkcs11Identity(uri string) (token, object string, err error) {
+	rest, ok := strings.CutPrefix(uri, "pkcs11:")
+	if !ok {
+		return "", "", errors.New("not a pkcs11: URI")
+	}
+	path, _, _ := strings.Cut(rest, "?")
+	var haveToken, haveObject bool
+	for _, attr := range strings.Split(path, ";") {
+		name, value, ok := strings.Cut(attr, "=")
+		if !ok {
+			continue
+		}
+		v, err := url.PathUnescape(value)
+		if err != nil {
+			return "", "", errors.New("a pkcs11: URI attribute has a bad percent-encoding")
+		}
+		switch name {
+		case "token":
+			token, haveToken = v, true
+		case "object":
+			object, haveObject = v, true
+		}
+	}
+	if !haveToken || !haveObject {
+		return "", "", errors.New("a pkcs11: URI needs token= and object=")
+	}
+	return token, object, nil
+}
+
+// hasPINValue reports whether a URI has a pin-value attribute, in any case
+// and percent-encoding of its name.
+func hasPINValue(uri string) bool {
+	s := strings.ToLower(uri)
+	if u, err := url.PathUnescape(s); err == nil {
+		s = u
+	}
+	return strings.Contains(s, "pin-value")
+}
