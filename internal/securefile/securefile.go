@@ -56,16 +56,17 @@ var (
 // A missing file (or a link to one) gives an error matching
 // [fs.ErrNotExist]. Errors other than these come from the file system.
 //
-// Only the last element of resolved is opened without following links: a
-// user who may write to one of its parent directories can still replace it.
-// The owner check refuses what such a user can put there.
+// Only the last element of resolved is opened without following links: the
+// directories above it are trusted. A user who may write to one of them can
+// still swap in another file, though only one that belongs to the user or
+// to root and passes the other checks.
 func ReadPrivate(path string, limit int64) (data []byte, resolved string, err error) {
 	resolved, err = filepath.EvalSymlinks(path)
 	if err != nil {
 		return nil, "", err
 	}
 	name := path
-	if resolved != path {
+	if resolved != filepath.Clean(path) {
 		name = fmt.Sprintf("%s (a link to %s)", path, resolved)
 	}
 	f, err := open(resolved, name)

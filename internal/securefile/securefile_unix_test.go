@@ -123,3 +123,12 @@ func TestOpenNoFollow(t *testing.T) {
 		t.Fatalf("open of a link: %v", err)
 	}
 }
+
+func TestReadPrivateNamesLinksOnly(t *testing.T) {
+	t.Chdir(t.TempDir())
+	write(t, "secret", []byte("s3cret"), 0o644)
+	_, _, err := ReadPrivate("./secret", 100)
+	if !errors.Is(err, ErrInsecureMode) || strings.Contains(err.Error(), "link") {
+		t.Fatalf("./secret: %v", err)
+	}
+}
