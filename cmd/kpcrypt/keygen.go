@@ -14,7 +14,7 @@ import (
 func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
 	out := fs.String("o", "", "create a local KEK file at `PATH` (mode 0600)")
-	rotate := fs.String("rotate", "", "add a new current version to the local KEK file at `PATH`")
+	rotate := fs.String("rotate", "", "add a new current version to the local KEK file at `PATH`; through a symbolic link, the file it points to is rewritten and the link kept")
 	p11New := fs.String("pkcs11", "", "create an AES-256 KEK in a PKCS#11 token: `URI` pkcs11:token=T;object=LABEL?module-path=…&pin-source=FILE")
 	p11Rotate := fs.String("rotate-pkcs11", "", "add a new current version (key) to the PKCS#11 KEK at `URI`")
 	operands, err := parseFlags(fs, args)

@@ -4,8 +4,13 @@
 // adds a new primary key, and DEKs wrapped by older keys still unwrap. A key
 // version is the decimal Tink key ID.
 //
-// The key file is secret: Open refuses one that group or others may read.
-// Its URI is "local:" followed by its path.
+// The key file is secret. Open reads it only if it is a regular file, owned
+// by the effective user or root, that group and others have no permissions
+// on, of at most 1 MiB; it refuses a named pipe at once, without blocking. A
+// path through symbolic links (as secret mounts are) is resolved once, and
+// the file checked is the file read. On Windows only the regular-file and
+// size checks are made. The URI of a key file is "local:" followed by its
+// path as given; Rotate rewrites the file the path resolved to.
 package local
 
 import (
@@ -14,7 +19,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +30,7 @@ import (
 	"github.com/tink-crypto/tink-go/v2/tink"
 
 	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
+	"github.com/kpcrypt/kpcrypt/internal/securefile"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
 
@@ -34,13 +40,14 @@ const Scheme = "local"
 // maxFileSize bounds the key file read.
 const maxFileSize = 1 << 20
 
-// ErrInsecureFile means the key file may be read by others than its owner.
-var ErrInsecureFile = errors.New("key file is readable by group or others")
+// ErrInsecureFile means group or others have permissions on the key file.
+// The error names the fix, chmod 600 PATH.
+var ErrInsecureFile = securefile.ErrInsecureMode
 
 // KEK is a local KEK. It is safe for concurrent use.
 type KEK struct {
 	uri  string
-	path string
+	path string // where Rotate saves: the path of the file read, links resolved
 
 	mu      sync.RWMutex
 	handle  *keyset.Handle
@@ -64,41 +71,27 @@ func Open(ctx context.Context, uri string) (kms.KEK, error) {
 	return OpenFile(path)
 }
 
-// OpenFile opens the key file at path.
+// OpenFile opens the key file at path, after the checks of the package
+// documentation. A missing file fails with [kms.ErrNotFound], a file others
+// may read with [ErrInsecureFile]. Through a symbolic link, the KEK's URI
+// holds path as given, and Rotate rewrites the file the link points to.
 func OpenFile(path string) (*KEK, error) {
 	uri := Scheme + ":" + path
 	fail := func(err error) (*KEK, error) { return nil, &kms.Error{Op: "open", URI: uri, Err: err} }
-	f, err := os.Open(path)
+	data, resolved, err := securefile.ReadPrivate(path, maxFileSize)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return fail(fmt.Errorf("%w: %v", kms.ErrNotFound, err))
 		}
 		return fail(err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fail(err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fail(fmt.Errorf("%s is not a regular file", path))
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return fail(fmt.Errorf("%w: %s has mode %04o; run chmod 600 %s", ErrInsecureFile, path, perm, path))
-	}
-	if fi.Size() > maxFileSize {
-		return fail(fmt.Errorf("%s is %d bytes, over the %d-byte limit for a key file", path, fi.Size(), maxFileSize))
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fail(err)
-	}
+	defer clear(data)
 	h, err := insecurecleartextkeyset.Read(keyset.NewJSONReader(bytes.NewReader(data)))
 	if err != nil {
 		// Tink's parse errors do not echo key material.
 		return fail(fmt.Errorf("%s is not a Tink JSON keyset: %v", path, err))
 	}
-	k := &KEK{uri: uri, path: path}
+	k := &KEK{uri: uri, path: resolved}
 	if err := k.setHandle(h); err != nil {
 		return fail(err)
 	}
@@ -197,7 +190,9 @@ func (k *KEK) Versions(context.Context) ([]string, error) {
 }
 
 // Rotate adds a new AES-256-GCM key to the keyset, makes it primary, and
-// rewrites the key file atomically. It returns the new version.
+// rewrites the key file atomically: the file read by OpenFile, so a symbolic
+// link to it stays a link. It returns the new version. It does not lock the
+// file against another process rotating it at the same time.
 func (k *KEK) Rotate(context.Context) (string, error) {
 	k.mu.RLock()
 	m := keyset.NewManagerFromHandle(k.handle)
