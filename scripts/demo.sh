@@ -27,9 +27,9 @@ echo "decrypted file is identical to the original"
 echo
 echo "# stdin to stdout works too, and a flipped bit is refused:"
 printf 'hello, kpcrypt\n' | "$kpcrypt" encrypt --kek "local:$dir/kek.json" > "$dir/hello.kpc"
-"$kpcrypt" decrypt < "$dir/hello.kpc"
+"$kpcrypt" decrypt --kek "local:$dir/kek.json" < "$dir/hello.kpc"
 printf '\x01' | dd of="$dir/sample.kpc" bs=1 seek=100000 conv=notrunc status=none
-if "$kpcrypt" decrypt -o "$dir/tampered.out" "$dir/sample.kpc"; then
+if "$kpcrypt" decrypt --kek "local:$dir/kek.json" -o "$dir/tampered.out" "$dir/sample.kpc"; then
 	echo "tampered file decrypted: this is a bug" >&2
 	exit 1
 fi

@@ -23,6 +23,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	kpcryptBin = filepath.Join(dir, "kpcrypt")
+	// The commands run with no trust configuration and no Key Protect
+	// settings of the user's, unless a test gives them: an empty
+	// configuration directory, and nothing routed through a proxy.
+	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	for _, v := range []string{"KPCRYPT_TRUST_FILE", "KPCRYPT_KMS_TIMEOUT", "IBMCLOUD_API_KEY", "IBMCLOUD_KP_ENDPOINT", "IBMCLOUD_IAM_ENDPOINT",
+		"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"} {
+		os.Unsetenv(v)
+	}
 	if out, err := exec.Command("go", "build", "-o", kpcryptBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building kpcrypt: %v\n%s", err, out)
 		os.Exit(1)
@@ -159,9 +167,9 @@ func TestEncryptDecryptFiles(t *testing.T) {
 	}
 	// With the KEK named, and with no --kek: the slot's URI is opened.
 	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "out1", "f.kpc").expect(t, 0)
-	kp(t, dir, nil, "decrypt", "-o", "out2", "f.kpc").expect(t, 0)
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "out2", "f.kpc").expect(t, 0)
 	// Operands may come before flags.
-	kp(t, dir, nil, "decrypt", "f.kpc", "-o", "out3").expect(t, 0)
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "f.kpc", "-o", "out3").expect(t, 0)
 	for _, out := range []string{"out1", "out2", "out3"} {
 		if !bytes.Equal(readFile(t, filepath.Join(dir, out)), pt) {
 			t.Fatalf("%s differs from the plaintext", out)
@@ -185,7 +193,7 @@ func TestStdinStdout(t *testing.T) {
 	// "-" means the same.
 	r = kp(t, dir, pt, "encrypt", "--kek", "local:kek.json", "-o", "-", "-")
 	r.expect(t, 0)
-	r = kp(t, dir, r.stdout, "decrypt", "-o", "-", "-")
+	r = kp(t, dir, r.stdout, "decrypt", "--kek", "local:kek.json", "-o", "-", "-")
 	r.expect(t, 0)
 	if !bytes.Equal(r.stdout, pt) {
 		t.Fatal("'-' round trip differs")
@@ -263,12 +271,12 @@ func TestFailuresLeaveNoOutput(t *testing.T) {
 	tampered := bytes.Clone(ct)
 	tampered[len(tampered)-70_000] ^= 0x10
 	os.WriteFile(filepath.Join(dir, "tampered.kpc"), tampered, 0o644)
-	kp(t, dir, nil, "decrypt", "-o", "out", "tampered.kpc").expect(t, 1, "tampered.kpc: chunk 1: authentication failed")
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "out", "tampered.kpc").expect(t, 1, "tampered.kpc: chunk 1: authentication failed")
 	mustNotExist(t, filepath.Join(dir, "out"))
 
 	for _, cut := range []int{len(ct) - 1, len(ct) - 100, 4500 + 65552} {
 		os.WriteFile(filepath.Join(dir, "truncated.kpc"), ct[:cut], 0o644)
-		r := kp(t, dir, nil, "decrypt", "-o", "out", "truncated.kpc")
+		r := kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "out", "truncated.kpc")
 		r.expect(t, 1, "truncated.kpc: ")
 		mustNotExist(t, filepath.Join(dir, "out"))
 	}
@@ -278,13 +286,13 @@ func TestFailuresLeaveNoOutput(t *testing.T) {
 	// An existing output is never overwritten without --force, and a
 	// failure with --force leaves it untouched.
 	os.WriteFile(filepath.Join(dir, "existing"), []byte("keep me"), 0o600)
-	kp(t, dir, nil, "decrypt", "-o", "existing", "f.kpc").expect(t, 1, "existing: file exists (use --force to overwrite)")
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "existing", "f.kpc").expect(t, 1, "existing: file exists (use --force to overwrite)")
 	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "-o", "existing", "plain.bin").expect(t, 1, "file exists")
-	kp(t, dir, nil, "decrypt", "--force", "-o", "existing", "tampered.kpc").expect(t, 1, "authentication failed")
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "--force", "-o", "existing", "tampered.kpc").expect(t, 1, "authentication failed")
 	if got := readFile(t, filepath.Join(dir, "existing")); string(got) != "keep me" {
 		t.Fatalf("existing output changed to %d bytes", len(got))
 	}
-	kp(t, dir, nil, "decrypt", "--force", "-o", "existing", "f.kpc").expect(t, 0)
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "--force", "-o", "existing", "f.kpc").expect(t, 0)
 	if got := readFile(t, filepath.Join(dir, "existing")); !bytes.Equal(got, readFile(t, filepath.Join(dir, "plain.bin"))) {
 		t.Fatal("--force did not replace the output")
 	}
@@ -299,8 +307,8 @@ func TestFailuresLeaveNoOutput(t *testing.T) {
 func TestContext(t *testing.T) {
 	dir, _ := setup(t, 1000)
 	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "--context", "tenant=b", "-o", "f.kpc", "plain.bin").expect(t, 0)
-	kp(t, dir, nil, "decrypt", "--context", "tenant=b", "-o", "ok", "f.kpc").expect(t, 0)
-	kp(t, dir, nil, "decrypt", "--context", "tenant=a", "-o", "out", "f.kpc").expect(t, 1, "encryption context mismatch")
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "--context", "tenant=b", "-o", "ok", "f.kpc").expect(t, 0)
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "--context", "tenant=a", "-o", "out", "f.kpc").expect(t, 1, "encryption context mismatch")
 	mustNotExist(t, filepath.Join(dir, "out"))
 	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "--context", "novalue", "plain.bin").expect(t, 2)
 }
@@ -317,7 +325,7 @@ func TestCompression(t *testing.T) {
 	if out := string(kp(t, dir, nil, "inspect", "log.kpc").stdout); !strings.Contains(out, "compression:     zstd") {
 		t.Fatalf("inspect:\n%s", out)
 	}
-	r := kp(t, dir, nil, "decrypt", "log.kpc")
+	r := kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "log.kpc")
 	r.expect(t, 0)
 	if !bytes.Equal(r.stdout, pt) {
 		t.Fatal("compressed round trip differs")

@@ -44,7 +44,7 @@ func TestKeygenRotateSymlink(t *testing.T) {
 		t.Fatalf("target versions %v, want 2 ending with %s", vs, v2)
 	}
 	// The file wrapped before the rotation still opens through the link.
-	kp(t, dir, nil, "decrypt", "-o", "out", "f.kpc").expect(t, 0)
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "out", "f.kpc").expect(t, 0)
 	if got := string(readFile(t, filepath.Join(dir, "out"))); got != "before rotation" {
 		t.Fatalf("decrypted %q", got)
 	}

@@ -110,7 +110,7 @@ func TestRewrapCommand(t *testing.T) {
 	if !strings.Contains(string(r.stdout), "key slots:       1") || !strings.Contains(string(r.stdout), "local:kek.json") || strings.Contains(string(r.stdout), crn) {
 		t.Fatalf("after migration:\n%s", r.stdout)
 	}
-	kpc("rewrap", "--add-kek", crn, "d/a.kpc").expect(t, 0, "1 rewrapped")
+	kpc("rewrap", "--kek", "local:kek.json", "--add-kek", crn, "d/a.kpc").expect(t, 0, "1 rewrapped")
 	kpc("rewrap", "--remove-kek", "local:kek.json", "d/a.kpc").expect(t, 0, "1 rewrapped")
 	r = kpc("rewrap", "--remove-kek", crn, "d/a.kpc")
 	if r.code != 1 || !strings.Contains(string(r.stderr), "at least one") || !strings.Contains(string(r.stderr), "0 rewrapped, 0 already current, 1 failed") {

@@ -86,7 +86,7 @@ func TestProgressBar(t *testing.T) {
 	if code != 0 || !strings.Contains(screen, "encrypting") || !strings.Contains(screen, "%") {
 		t.Fatalf("exit %d, terminal showed %q", code, screen)
 	}
-	code, screen, _ = runWithTTY(t, dir, false, "decrypt", "--quiet", "-o", "out", "f.kpc")
+	code, screen, _ = runWithTTY(t, dir, false, "decrypt", "--kek", "local:kek.json", "--quiet", "-o", "out", "f.kpc")
 	if code != 0 || screen != "" {
 		t.Fatalf("--quiet: exit %d, terminal showed %q", code, screen)
 	}

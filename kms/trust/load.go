@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/kpcrypt/kpcrypt/internal/securefile"
 )
 
 // DefaultFile returns the path of the default trust configuration:
@@ -49,7 +51,7 @@ func Load(getenv func(string) string) (*Config, string, error) {
 // the checks of a key file (see the package doc): the trust configuration
 // decides which keys decrypt, so nobody but its owner may change it.
 func LoadFile(path string) (*Config, error) {
-	data, err := readPrivate(path)
+	data, _, err := securefile.ReadPrivate(path, MaxFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("trust configuration %s: %w", path, err)
 	}
