@@ -16,6 +16,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
 
@@ -35,6 +36,9 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		return errHelp
 	}
 	if err != nil {
+		return err
+	}
+	if err := refusePINValue(slices.Concat(keks, to, add, remove)...); err != nil {
 		return err
 	}
 	if len(paths) == 0 {
@@ -106,12 +110,12 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		case o.res.Changed:
 			nChanged++
 			if !*quiet {
-				fmt.Fprintf(u.stdout, "%s %s: %s\n", verb, files[i], describeChanges(o.res))
+				fmt.Fprintf(u.stdout, "%s %s: %s\n", verb, termsafe.Escape(files[i]), termsafe.Escape(describeChanges(o.res)))
 			}
 		default:
 			nCurrent++
 			if !*quiet {
-				fmt.Fprintf(u.stdout, "current %s\n", files[i])
+				fmt.Fprintf(u.stdout, "current %s\n", termsafe.Escape(files[i]))
 			}
 		}
 	}
