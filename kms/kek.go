@@ -123,7 +123,9 @@ var (
 type Error struct {
 	// Op is the operation: "wrap", "unwrap", "rewrap", "rotate" or "open".
 	Op string
-	// URI is the KEK's URI.
+	// URI is the KEK's URI, or empty when the URI could not be parsed far
+	// enough to be worth showing. It may hold a PIN (pin-value): Error
+	// shows it through [RedactURI].
 	URI string
 	// Err is the cause.
 	Err error
