@@ -30,7 +30,10 @@
 //
 // Decryption takes a [Keyring] that finds the KEKs to try on each slot: a
 // fixed list ([KEKs]) or one that opens slot URIs through a [kms.Resolver]
-// ([ResolvingKeyring]).
+// ([ResolvingKeyring]). Nothing in a header is authenticated before a KEK
+// has unwrapped the DEK, so a slot's KEK URI is a hint: ResolvingKeyring
+// opens one only when its [kms.DiscoveryFilter] allows, and package
+// kms/trust is the filter of a user's trust configuration.
 //
 // Everything here is safe for concurrent use, except that a single Writer or
 // Reader belongs to one goroutine at a time.

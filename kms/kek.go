@@ -18,6 +18,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -121,13 +123,22 @@ var (
 type Error struct {
 	// Op is the operation: "wrap", "unwrap", "rewrap", "rotate" or "open".
 	Op string
-	// URI is the KEK's URI.
+	// URI is the KEK's URI, or empty when the URI could not be parsed far
+	// enough to be worth showing. It may hold a PIN (pin-value): Error
+	// shows it through [RedactURI].
 	URI string
 	// Err is the cause.
 	Err error
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("%s with KEK %s: %v", e.Op, e.URI, e.Err) }
+// Error describes the failure. The URI is shown through [RedactURI], so
+// that a PIN in it never is; an empty URI is left out.
+func (e *Error) Error() string {
+	if e.URI == "" {
+		return fmt.Sprintf("%s KEK: %v", e.Op, e.Err)
+	}
+	return fmt.Sprintf("%s with KEK %s: %v", e.Op, RedactURI(e.URI), e.Err)
+}
 
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
@@ -141,14 +152,40 @@ type OpenFunc func(ctx context.Context, uri string) (KEK, error)
 type Resolver map[string]OpenFunc
 
 // Open opens the KEK named by uri with the backend registered for its
-// scheme. An unknown scheme fails with [ErrInvalidURI].
+// scheme. An unknown scheme fails with an [*Error] matching [ErrInvalidURI]
+// that names the scheme, if it is one, and the known schemes; it does not
+// repeat the URI, whatever it holds.
 func (r Resolver) Open(ctx context.Context, uri string) (KEK, error) {
 	scheme, _, ok := strings.Cut(uri, ":")
 	open := r[scheme]
 	if !ok || open == nil {
-		return nil, &Error{Op: "open", URI: uri, Err: fmt.Errorf("%w: no backend for scheme %q", ErrInvalidURI, scheme)}
+		known := slices.Sorted(maps.Keys(r))
+		what := "the URI does not start with a scheme"
+		if ok && validScheme(scheme) {
+			what = fmt.Sprintf("no backend for scheme %q", scheme)
+		}
+		if len(known) == 0 {
+			known = []string{"none"}
+		}
+		return nil, &Error{Op: "open", Err: fmt.Errorf("%w: %s (known schemes: %s)", ErrInvalidURI, what, strings.Join(known, ", "))}
 	}
 	return open(ctx, uri)
+}
+
+// validScheme reports whether s is a URI scheme as RFC 3986 spells one (a
+// letter, then letters, digits, '+', '-' or '.'), of 32 bytes at most.
+func validScheme(s string) bool {
+	if s == "" || len(s) > 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		letter := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+		if !letter && (i == 0 || !('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.')) {
+			return false
+		}
+	}
+	return true
 }
 
 // Scheme returns the scheme of a KEK URI: what comes before the first colon.

@@ -28,6 +28,9 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := refusePINValue(keks...); err != nil {
+		return err
+	}
 	if len(operands) > 1 {
 		return usagef("decrypt: one input at most, got %d", len(operands))
 	}

@@ -48,6 +48,9 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := refusePINValue(keks...); err != nil {
+		return err
+	}
 	if len(keks) == 0 {
 		return usagef("encrypt: at least one --kek is required")
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,8 +12,17 @@ import (
 	"text/tabwriter"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 )
 
+// notAuthenticated says why inspect's output is not to be trusted: nothing
+// in a header is authenticated without the DEK, which inspect never has.
+const notAuthenticated = "no (inspect reads the header without a key; decrypt authenticates it)"
+
+// cmdInspect prints a file's header. Everything in it (the context, the
+// slots' URIs and key versions) comes from the file, unauthenticated: the
+// human form says so and escapes every control character, and the JSON form
+// says "authenticated": false and escapes them as \u escapes.
 func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print the header as JSON")
@@ -26,6 +36,9 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		return errHelp
 	}
 	if err != nil {
+		return err
+	}
+	if err := refusePINValue(keks...); err != nil {
 		return err
 	}
 	if len(operands) != 1 {
@@ -71,6 +84,8 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		}
 		out := struct {
 			File string `json:"file"`
+			// Authenticated is always false: see notAuthenticated.
+			Authenticated bool `json:"authenticated"`
 			*envelope.Header
 			Slots []slot `json:"slots"`
 		}{File: in.name, Header: h}
@@ -82,9 +97,13 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 			}
 			out.Slots = append(out.Slots, sl)
 		}
-		enc := json.NewEncoder(u.stdout)
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(out); err != nil {
+			return err
+		}
+		if _, err := u.stdout.Write(termsafe.JSON(buf.Bytes())); err != nil {
 			return err
 		}
 		for _, e := range askErrs {
@@ -100,7 +119,8 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	if h.PlaintextSize >= 0 {
 		size = fmt.Sprintf("%d bytes", h.PlaintextSize)
 	}
-	fmt.Fprintf(tw, "file:\t%s\n", in.name)
+	fmt.Fprintf(tw, "file:\t%s\n", termsafe.Escape(in.name))
+	fmt.Fprintf(tw, "authenticated:\t%s\n", notAuthenticated)
 	fmt.Fprintf(tw, "format version:\t%d\n", h.FormatVersion)
 	fmt.Fprintf(tw, "algorithm:\t%s\n", h.Algorithm)
 	fmt.Fprintf(tw, "chunk size:\t%d bytes\n", h.ChunkSize)
@@ -112,7 +132,7 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	if len(h.Context) > 0 {
 		var pairs []string
 		for k, v := range h.Context {
-			pairs = append(pairs, k+"="+v)
+			pairs = append(pairs, termsafe.Escape(k)+"="+termsafe.Escape(v))
 		}
 		slices.Sort(pairs)
 		fmt.Fprintf(tw, "context:\t%s\n", strings.Join(pairs, " "))
@@ -131,9 +151,9 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		case currents[i] == s.KeyVersion:
 			state = ", current"
 		default:
-			state = fmt.Sprintf(", outdated: the current version is %s", currents[i])
+			state = fmt.Sprintf(", outdated: the current version is %s", termsafe.Escape(currents[i]))
 		}
-		fmt.Fprintf(tw, "  slot %d:\t%s (key version %s%s)\n", i, s.KEK, v, state)
+		fmt.Fprintf(tw, "  slot %d:\t%s (key version %s%s)\n", i, termsafe.Escape(s.KEK), termsafe.Escape(v), state)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/local"
 	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
@@ -45,7 +46,7 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 		}
 		v, _ := k.CurrentVersion(ctx)
 		u.infof("created %s (key version %s)", k.URI(), v)
-		fmt.Fprintln(u.stdout, k.URI())
+		fmt.Fprintln(u.stdout, termsafe.Escape(k.URI()))
 	case *rotate != "":
 		k, err := local.OpenFile(*rotate)
 		if err != nil {
@@ -57,7 +58,7 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 		}
 		vs, _ := k.Versions(ctx)
 		u.infof("rotated %s: key version %s is now current (%d versions)", k.URI(), v, len(vs))
-		fmt.Fprintln(u.stdout, v)
+		fmt.Fprintln(u.stdout, termsafe.Escape(v))
 	case *p11New != "":
 		if err := refusePINValue(*p11New); err != nil {
 			return err
@@ -72,7 +73,7 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 		}
 		m, _ := k.Mechanism()
 		u.infof("created %s (key version %s; wraps with %v)", k.URI(), v, m)
-		fmt.Fprintln(u.stdout, k.URI())
+		fmt.Fprintln(u.stdout, termsafe.Escape(k.URI()))
 	default:
 		if err := refusePINValue(*p11Rotate); err != nil {
 			return err
@@ -87,7 +88,7 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 		}
 		vs, _ := k.Versions(ctx)
 		u.infof("rotated %s: key version %s is now current (%d versions)", k.URI(), v, len(vs))
-		fmt.Fprintln(u.stdout, v)
+		fmt.Fprintln(u.stdout, termsafe.Escape(v))
 	}
 	return nil
 }
@@ -102,17 +103,18 @@ func (u *ui) openPKCS11(ctx context.Context, uri string) (kms.KEK, error) {
 	return u.p11.Open(ctx, uri)
 }
 
-// refusePINValue refuses a PIN in a command-line URI: secrets come from
-// files and the environment, never from flags.
-func refusePINValue(uri string) error {
-	u, err := pkcs11.ParseURI(uri)
-	if err != nil {
-		return &kms.Error{Op: "open", URI: pkcs11.Redact(uri), Err: err}
-	}
-	if u.PINValue != "" {
-		return &kms.Error{Op: "open", URI: pkcs11.Redact(uri), Err: fmt.Errorf(
-			"%w: kpcrypt takes no pin-value on the command line, where other users can read it: use pin-source=FILE or set %s",
-			kms.ErrInvalidURI, pkcs11.EnvPIN)}
+// refusePINValue refuses a PIN in command-line URIs: secrets come from
+// files and the environment, never from flags. Every flag that takes a URI
+// goes through it, whatever the URI's scheme, and it knows every spelling
+// of pin-value that [kms.HasPINValue] does (any case, any percent-encoding
+// of the name, in the path or the query). The error shows the URI redacted.
+func refusePINValue(uris ...string) error {
+	for _, uri := range uris {
+		if kms.HasPINValue(uri) {
+			return &kms.Error{Op: "open", URI: kms.RedactURI(uri), Err: fmt.Errorf(
+				"%w: kpcrypt takes no pin-value on the command line, where other users can read it: use pin-source=FILE or set %s",
+				kms.ErrInvalidURI, pkcs11.EnvPIN)}
+		}
 	}
 	return nil
 }

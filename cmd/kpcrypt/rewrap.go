@@ -9,12 +9,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 )
 
 func cmdRewrap(ctx context.Context, u *ui, args []string) error {
@@ -34,6 +36,9 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		return errHelp
 	}
 	if err != nil {
+		return err
+	}
+	if err := refusePINValue(slices.Concat(keks, to, add, remove)...); err != nil {
 		return err
 	}
 	if len(paths) == 0 {
@@ -116,16 +121,16 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		case o.res.Changed:
 			nChanged++
 			if !*quiet {
-				fmt.Fprintf(u.stdout, "%s %s: %s\n", verb, files[i], describeChanges(o.res))
+				fmt.Fprintf(u.stdout, "%s %s: %s\n", verb, termsafe.Escape(files[i]), termsafe.Escape(describeChanges(o.res)))
 			}
 		case unchecked > 0:
 			if !*quiet {
-				fmt.Fprintf(u.stdout, "not checked %s\n", files[i])
+				fmt.Fprintf(u.stdout, "not checked %s\n", termsafe.Escape(files[i]))
 			}
 		default:
 			nCurrent++
 			if !*quiet {
-				fmt.Fprintf(u.stdout, "current %s\n", files[i])
+				fmt.Fprintf(u.stdout, "current %s\n", termsafe.Escape(files[i]))
 			}
 		}
 	}

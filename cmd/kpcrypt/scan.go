@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
 
@@ -26,6 +27,9 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 		return errHelp
 	}
 	if err != nil {
+		return err
+	}
+	if err := refusePINValue(keks...); err != nil {
 		return err
 	}
 	if (*below == "") == !*outdated {
@@ -79,7 +83,7 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 			}
 			if old {
 				hit = true
-				fmt.Fprintf(u.stdout, "%s\tslot %d\t%s\tkey version %s\n", path, i, s.KEK, orDash(s.KeyVersion))
+				fmt.Fprintf(u.stdout, "%s\tslot %d\t%s\tkey version %s\n", termsafe.Escape(path), i, termsafe.Escape(s.KEK), termsafe.Escape(orDash(s.KeyVersion)))
 			}
 		}
 		cancel()

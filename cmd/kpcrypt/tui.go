@@ -11,6 +11,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 	"github.com/kpcrypt/kpcrypt/kms/trust"
@@ -34,14 +35,33 @@ type ui struct {
 	trustErr error
 }
 
+// errorf prints a failure on stderr as one line, through safeText: errors
+// carry text from files, servers and the command line.
 func (u *ui) errorf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	msg = strings.ReplaceAll(msg, "\n", " ")
-	fmt.Fprintf(u.stderr, "kpcrypt: %s\n", msg)
+	fmt.Fprintf(u.stderr, "kpcrypt: %s\n", safeText(fmt.Sprintf(format, args...)))
 }
 
+// infof prints a message on stderr as one line, through safeText.
 func (u *ui) infof(format string, args ...any) {
-	fmt.Fprintf(u.stderr, "kpcrypt: "+format+"\n", args...)
+	fmt.Fprintf(u.stderr, "kpcrypt: %s\n", safeText(fmt.Sprintf(format, args...)))
+}
+
+// safeText makes a message safe to print: a pin-value in any word of it is
+// redacted (a PIN could reach a message from a mistyped operand, or inside
+// a URI a library error quotes), and every control character, line breaks
+// included, is escaped, so that text from outside can neither drive the
+// terminal nor print lines of its own.
+func safeText(s string) string {
+	words := strings.Split(s, " ")
+	for i, w := range words {
+		// A URI already redacted, followed by punctuation of the message
+		// ("…?pin-value=REDACTED: "), keeps the punctuation.
+		if t := strings.TrimRight(w, `:,.;)"'`); t != w && kms.RedactURI(t) == t {
+			continue
+		}
+		words[i] = kms.RedactURI(w)
+	}
+	return termsafe.Escape(strings.Join(words, " "))
 }
 
 // isTerminal reports whether w is a terminal.

@@ -19,8 +19,12 @@
 //
 // [Opener] opens such KEKs from their CRNs, for a kms.Resolver; the region
 // and instance come from the CRN and the endpoint from them, unless
-// Config.BaseURL overrides it (HPCS port-based endpoints, private networks,
-// or the local server kplocal). [ConfigFromEnv] reads IBMCLOUD_API_KEY,
+// Config.BaseURL or Opener.Route overrides it (HPCS port-based endpoints,
+// private networks, or the local server kplocal). A CRN may come from a
+// file, so [ParseCRN] is strict (a lowercase region, UUIDs, a key alias), the
+// endpoint is built with net/url under IBM's published suffixes
+// ([IsIBMHost]), clients are cached per endpoint and instance, and no
+// redirect is ever followed, for IAM or Key Protect. [ConfigFromEnv] reads IBMCLOUD_API_KEY,
 // IBMCLOUD_KP_ENDPOINT and IBMCLOUD_IAM_ENDPOINT. Credentials are never
 // logged and never appear in errors.
 package keyprotect

@@ -54,7 +54,9 @@ type URI struct {
 //
 // Values are percent-decoded. Attributes kpcrypt does not implement, and
 // repeated ones, are refused rather than ignored, since ignoring one could
-// select another key than the one meant. The error never contains a PIN.
+// select another key than the one meant. An error says what is wrong
+// without repeating the input: no value, so no PIN, and an attribute's name
+// only when it is a plain one. Errors match [kms.ErrInvalidURI].
 func ParseURI(s string) (*URI, error) {
 	bad := func(format string, args ...any) (*URI, error) {
 		return nil, fmt.Errorf("%w: %s", kms.ErrInvalidURI, fmt.Sprintf(format, args...))
@@ -66,24 +68,30 @@ func ParseURI(s string) (*URI, error) {
 	path, query, _ := strings.Cut(rest, "?")
 	u := &URI{}
 	seen := map[string]bool{}
-	attr := func(part, sep string) (name, value string, err error) {
+	attr := func(part, sep string, n int) (name, value string, err error) {
+		where := "path"
+		if sep == "?" {
+			where = "query"
+		}
 		name, raw, ok := strings.Cut(part, "=")
 		if !ok || name == "" {
-			return "", "", fmt.Errorf("%w: attribute %q is not name=value", kms.ErrInvalidURI, redactAttr(part))
+			return "", "", fmt.Errorf("%w: %s attribute %d is not name=value", kms.ErrInvalidURI, where, n)
 		}
 		if seen[sep+name] {
-			return "", "", fmt.Errorf("%w: attribute %q given twice", kms.ErrInvalidURI, name)
+			return "", "", fmt.Errorf("%w: %s attribute %s given twice", kms.ErrInvalidURI, where, showName(name))
 		}
 		seen[sep+name] = true
 		v, err := url.PathUnescape(raw)
 		if err != nil {
-			return "", "", fmt.Errorf("%w: attribute %q has a malformed percent-encoding", kms.ErrInvalidURI, name)
+			return "", "", fmt.Errorf("%w: %s attribute %s has a malformed percent-encoding", kms.ErrInvalidURI, where, showName(name))
 		}
 		return name, v, nil
 	}
 	if path != "" {
+		n := 0
 		for part := range strings.SplitSeq(path, ";") {
-			name, v, err := attr(part, ";")
+			n++
+			name, v, err := attr(part, ";", n)
 			if err != nil {
 				return nil, err
 			}
@@ -99,7 +107,7 @@ func ParseURI(s string) (*URI, error) {
 			case "slot-id":
 				n, err := strconv.ParseUint(v, 10, 0)
 				if err != nil {
-					return bad("slot-id %q is not a decimal number", v)
+					return bad("slot-id is not a decimal number")
 				}
 				u.SlotID, u.HasSlotID = uint(n), true
 			case "object":
@@ -114,23 +122,25 @@ func ParseURI(s string) (*URI, error) {
 				u.ID = []byte(v)
 			case "type":
 				if v != "secret-key" {
-					return bad("type=%s: a KEK is a secret key (type=secret-key)", v)
+					return bad("type is not secret-key: a KEK is a secret key")
 				}
 			default:
-				return bad("path attribute %q is not supported (token, manufacturer, model, serial, slot-id, object, id, type are)", name)
+				return bad("path attribute %s is not supported (token, manufacturer, model, serial, slot-id, object, id, type are)", showName(name))
 			}
 		}
 	}
 	if query != "" {
+		n := 0
 		for part := range strings.SplitSeq(query, "&") {
-			name, v, err := attr(part, "?")
+			n++
+			name, v, err := attr(part, "?", n)
 			if err != nil {
 				return nil, err
 			}
 			switch name {
 			case "module-path":
 				if !filepath.IsAbs(v) {
-					return bad("module-path %q is not an absolute path", v)
+					return bad("module-path is not an absolute path")
 				}
 				u.ModulePath = v
 			case "pin-source":
@@ -144,7 +154,7 @@ func ParseURI(s string) (*URI, error) {
 				}
 				u.PINValue = v
 			default:
-				return bad("query attribute %q is not supported (module-path, pin-source, pin-value are)", name)
+				return bad("query attribute %s is not supported (module-path, pin-source, pin-value are)", showName(name))
 			}
 		}
 	}
@@ -155,24 +165,26 @@ func ParseURI(s string) (*URI, error) {
 }
 
 // Redact returns a URI with the value of any pin-value attribute replaced
-// by "REDACTED", for error messages. It works on malformed URIs too.
-func Redact(s string) string {
-	path, query, ok := strings.Cut(s, "?")
-	if !ok {
-		return s
-	}
-	parts := strings.Split(query, "&")
-	for i, p := range parts {
-		parts[i] = redactAttr(p)
-	}
-	return path + "?" + strings.Join(parts, "&")
-}
+// by "REDACTED", for error messages: it is [kms.RedactURI], which finds the
+// attribute in the path or the query, in any case and percent-encoding of
+// its name. It works on malformed URIs too.
+func Redact(s string) string { return kms.RedactURI(s) }
 
-func redactAttr(part string) string {
-	if name, _, ok := strings.Cut(part, "="); ok && name == "pin-value" {
-		return "pin-value=REDACTED"
+// showName returns an attribute's name quoted for an error message, if it
+// is a plain name (up to 32 letters, digits, '-', '_' or '.'), as every
+// attribute of RFC 7512 is. Another name, one that could hide a value
+// behind a percent-encoded '=', is described, not shown.
+func showName(name string) string {
+	if len(name) > 32 {
+		return "(a name over 32 bytes)"
 	}
-	return part
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return "(a name with other characters than letters, digits, '-', '_' and '.')"
+		}
+	}
+	return strconv.Quote(name)
 }
 
 // identityURI is the URI a KEK records in file headers: the token's label,

@@ -51,6 +51,10 @@ func TestRedact(t *testing.T) {
 		"pkcs11:token=T?module-path=/m.so&pin-value=1234&x=pin-value": "pkcs11:token=T?module-path=/m.so&pin-value=REDACTED&x=pin-value",
 		"pkcs11:token=T;object=k?pin-source=/p":                       "pkcs11:token=T;object=k?pin-source=/p",
 		"pkcs11:token=T;object=k":                                     "pkcs11:token=T;object=k",
+		"PKCS11:token=T;object=k?PIN-VALUE=1234":                      "PKCS11:token=T;object=k?PIN-VALUE=REDACTED",
+		"pkcs11:token=T;pin-value=1234;object=k":                      "pkcs11:token=T;pin-value=REDACTED;object=k",
+		"pkcs11:token=T?pin%2Dvalue=1234":                             "pkcs11:token=T?pin%2Dvalue=REDACTED",
+		"pkcs11:token=T?%70in-value=1234":                             "pkcs11:token=T?%70in-value=REDACTED",
 	} {
 		if got := Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
@@ -101,5 +105,40 @@ func TestParseWrapped(t *testing.T) {
 		if _, _, _, _, err := parseWrapped(bad); !errors.Is(err, kms.ErrWrongKey) {
 			t.Errorf("parseWrapped(%x) = %v, want ErrWrongKey", bad, err)
 		}
+	}
+}
+
+// TestParseURIErrorsHideInput checks that a parse error repeats no value of
+// the URI, and no name that is not a plain one.
+func TestParseURIErrorsHideInput(t *testing.T) {
+	const v = "V4LUE"
+	for _, bad := range []string{
+		"pkcs11:object=k;slot-id=" + v,
+		"pkcs11:object=k;type=" + v,
+		"pkcs11:object=k?module-path=" + v,
+		"pkcs11:object=k;" + v,
+		"pkcs11:object=k?" + v + "\x1b[2J",
+		"pkcs11:object=k?pin-value%3D" + v,
+		"pkcs11:object=k?x%3D" + v + "=1",
+		"pkcs11:object=k;x\x1b]52;c;" + v + "=1",
+		"pkcs11:object=k?pin%2Dvalue=" + v,
+		"pkcs11:object=k?PIN-VALUE=" + v,
+		"pkcs11:object=k;pin-value=" + v,
+		"pkcs11:object=k?pin-value=%zz" + v,
+		"pkcs11:object=k?pin-value=" + v + "&pin-value=" + v,
+		"pkcs11:object=k;" + strings.Repeat("a", 40) + v + "=1",
+		"PKCS11:object=k?pin-value=" + v,
+	} {
+		_, err := ParseURI(bad)
+		if !errors.Is(err, kms.ErrInvalidURI) {
+			t.Fatalf("ParseURI(%q) = %v, want ErrInvalidURI", bad, err)
+		}
+		if msg := err.Error(); strings.Contains(msg, v) || strings.Contains(msg, "\x1b") {
+			t.Errorf("ParseURI(%q): error %q repeats the input", bad, msg)
+		}
+	}
+	_, err := ParseURI("pkcs11:object=k;bogus=1")
+	if err == nil || !strings.Contains(err.Error(), `"bogus" is not supported`) {
+		t.Fatalf("a plain attribute name is named: %v", err)
 	}
 }

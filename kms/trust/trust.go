@@ -170,7 +170,7 @@ func Parse(data []byte) (*Config, error) {
 		if _, _, err := pkcs11Identity(u); err != nil {
 			return bad("pkcs11_keys[%d]: %v", i, err)
 		}
-		if hasPINValue(u) {
+		if kms.HasPINValue(u) {
 			return bad("pkcs11_keys[%d]: pin-value is not allowed here; use pin-source=FILE or KPCRYPT_PKCS11_PIN", i)
 		}
 	}
@@ -305,14 +305,4 @@ func pkcs11Identity(uri string) (token, object string, err error) {
 		return "", "", errors.New("a pkcs11: URI needs token= and object=")
 	}
 	return token, object, nil
-}
-
-// hasPINValue reports whether a URI has a pin-value attribute, in any case
-// and percent-encoding of its name.
-func hasPINValue(uri string) bool {
-	s := strings.ToLower(uri)
-	if u, err := url.PathUnescape(s); err == nil {
-		s = u
-	}
-	return strings.Contains(s, "pin-value")
 }

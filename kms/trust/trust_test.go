@@ -185,7 +185,7 @@ func FuzzParse(f *testing.F) {
 		}
 		p := &Policy{Config: c}
 		for _, u := range c.PKCS11Keys {
-			if hasPINValue(u) {
+			if kms.HasPINValue(u) {
 				t.Fatalf("accepted a pin-value")
 			}
 			if _, err := p.Discover(u); err != nil {
