@@ -30,6 +30,7 @@ import (
 	"github.com/tink-crypto/tink-go/v2/tink"
 
 	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
+	"github.com/kpcrypt/kpcrypt/internal/filelock"
 	"github.com/kpcrypt/kpcrypt/internal/securefile"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
@@ -48,6 +49,8 @@ var ErrInsecureFile = securefile.ErrInsecureMode
 type KEK struct {
 	uri  string
 	path string // where Rotate saves: the path of the file read, links resolved
+
+	rotating sync.Mutex // serialises Rotate
 
 	mu      sync.RWMutex
 	handle  *keyset.Handle
@@ -190,14 +193,33 @@ func (k *KEK) Versions(context.Context) ([]string, error) {
 }
 
 // Rotate adds a new AES-256-GCM key to the keyset, makes it primary, and
-// rewrites the key file atomically: the file read by OpenFile, so a symbolic
-// link to it stays a link. It returns the new version. It does not lock the
-// file against another process rotating it at the same time.
-func (k *KEK) Rotate(context.Context) (string, error) {
-	k.mu.RLock()
-	m := keyset.NewManagerFromHandle(k.handle)
-	k.mu.RUnlock()
+// rewrites the key file atomically. It returns the new version.
+//
+// Rotations are serialised, across goroutines by a mutex and across
+// processes by an exclusive lock on the sidecar file PATH.lock (the key
+// file itself is replaced by a rename, so it cannot carry the lock). Once
+// the lock is held the keyset is read again from the file, so a version
+// another process added is kept: no acknowledged version is ever lost. The
+// wait for the lock honours ctx.
+func (k *KEK) Rotate(ctx context.Context) (string, error) {
 	fail := func(err error) (string, error) { return "", &kms.Error{Op: "rotate", URI: k.uri, Err: err} }
+	k.rotating.Lock()
+	defer k.rotating.Unlock()
+	release, err := filelock.Sidecar(ctx, k.path+".lock")
+	if err != nil {
+		return fail(fmt.Errorf("locking the key file for rotation: %w", err))
+	}
+	defer release()
+	data, _, err := securefile.ReadPrivate(k.path, maxFileSize)
+	if err != nil {
+		return fail(err)
+	}
+	cur, err := insecurecleartextkeyset.Read(keyset.NewJSONReader(bytes.NewReader(data)))
+	clear(data)
+	if err != nil {
+		return fail(fmt.Errorf("the key file is no longer a Tink JSON keyset: %v", err))
+	}
+	m := keyset.NewManagerFromHandle(cur)
 	id, err := m.Add(aead.AES256GCMKeyTemplate())
 	if err != nil {
 		return fail(err)
