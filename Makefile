@@ -35,8 +35,9 @@ demo: build
 bench:
 	cd benchmarks && GO=$(GO) $(GO) run ./cmd/kpbench -repo .. -o ../BENCHMARKS.md $(BENCHFLAGS)
 
+# Every fuzz target for FUZZTIME each; crashers land in testdata/fuzz.
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecrypt$$' -fuzztime $(FUZZTIME) ./stream/
+	GO=$(GO) FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 # Regenerate the test vectors after a deliberate format change (and update
 # FORMAT.md in the same commit).
