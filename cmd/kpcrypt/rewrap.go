@@ -12,10 +12,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
 
@@ -57,10 +59,15 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	if opts.Add, err = u.openKEKs(ctx, add); err != nil {
 		return err
 	}
-	files, skipped, err := collectFiles(paths)
+	walk, skipped, err := collectFiles(paths)
 	if err != nil {
 		return err
 	}
+	defer walk.Close()
+	if testHookAfterWalk != nil {
+		testHookAfterWalk()
+	}
+	files := walk.paths
 
 	var bar *progressbar.ProgressBar
 	if !*quiet && isTerminal(u.stderr) && len(files) > 1 {
@@ -75,11 +82,11 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, *jobs)
 	var mu sync.Mutex
-	for i, path := range files {
+	for i := range files {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			res, err := envelope.RewrapPath(ctx, path, opts)
+			res, err := walk.rewrap(ctx, i, opts)
 			results[i] = outcome{res, err}
 			if bar != nil {
 				mu.Lock()
@@ -125,6 +132,9 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	}
 	return nil
 }
+
+// testHookAfterWalk, when set, runs between the walk and the rewraps.
+var testHookAfterWalk func()
 
 // errQuiet fails the command without another message.
 var errQuiet = errors.New("")
@@ -189,28 +199,68 @@ func (u *ui) autoResolver() kms.Resolver {
 	return auto
 }
 
+// walked is what collectFiles found: the files, in order, and how to open
+// each one as it was found.
+type walked struct {
+	// paths are the files' paths, for messages.
+	paths   []string
+	entries []walkEntry
+	roots   []*os.Root
+}
+
+// walkEntry is one file found. A file named on the command line has no
+// root: it is opened as named.
+type walkEntry struct {
+	path string
+	root *os.Root    // the directory walked, for a file found in it
+	rel  string      // its path within root
+	info fs.FileInfo // the file as the walk saw it
+}
+
+// errChangedDuringWalk is why a file found by the walk is not opened: what
+// is now at its path is not the file the walk found.
+var errChangedDuringWalk = errors.New("changed during the walk; left untouched")
+
 // collectFiles expands directories, recursively, into the kpcrypt files they
 // hold. Files named on the command line are kept whatever they hold; files
 // found in directories are kept only if they start with kpcrypt's magic.
-func collectFiles(paths []string) (files []string, skipped int, err error) {
+// Temporary files of writers in progress (atomicfile.IsTemp) are passed over.
+//
+// A directory is walked within an os.Root, never through a symlink: the
+// walk and every later open of a file it found stay inside the directory,
+// even if a directory in it is swapped for a symlink meanwhile, and
+// [walked.open] opens only the very file the walk found. Close the result.
+func collectFiles(paths []string) (w *walked, skipped int, err error) {
+	w = &walked{}
+	defer func() {
+		if err != nil {
+			w.Close()
+		}
+	}()
 	for _, p := range paths {
 		fi, err := os.Stat(p)
 		if err != nil {
 			return nil, 0, err
 		}
 		if !fi.IsDir() {
-			files = append(files, p)
+			w.add(walkEntry{path: p})
 			continue
 		}
-		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+		root, err := os.OpenRoot(p)
+		if err != nil {
+			return nil, 0, err
+		}
+		w.roots = append(w.roots, root)
+		err = fs.WalkDir(root.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
-			if !d.Type().IsRegular() {
+			if !d.Type().IsRegular() || atomicfile.IsTemp(d.Name()) {
 				return nil
 			}
-			if isKpcryptFile(path) {
-				files = append(files, path)
+			path := filepath.Join(p, filepath.FromSlash(rel))
+			if info := isKpcryptFile(root, filepath.FromSlash(rel)); info != nil {
+				w.add(walkEntry{path: path, root: root, rel: filepath.FromSlash(rel), info: info})
 			} else {
 				skipped++
 			}
@@ -220,16 +270,68 @@ func collectFiles(paths []string) (files []string, skipped int, err error) {
 			return nil, 0, err
 		}
 	}
-	return files, skipped, nil
+	return w, skipped, nil
 }
 
-func isKpcryptFile(path string) bool {
-	f, err := os.Open(path)
+func (w *walked) add(e walkEntry) {
+	w.paths = append(w.paths, e.path)
+	w.entries = append(w.entries, e)
+}
+
+// Close closes the directories walked.
+func (w *walked) Close() {
+	for _, r := range w.roots {
+		r.Close()
+	}
+}
+
+// open opens the i-th file with flag (os.O_RDONLY or os.O_RDWR). A file
+// found in a directory is opened within that directory and only if it is
+// the file the walk found (same device and inode); otherwise open fails
+// with errChangedDuringWalk.
+func (w *walked) open(i, flag int) (*os.File, error) {
+	e := w.entries[i]
+	if e.root == nil {
+		return os.OpenFile(e.path, flag, 0)
+	}
+	// O_NONBLOCK: a FIFO swapped in must not block the open.
+	f, err := e.root.OpenFile(e.rel, flag|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return false
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !os.SameFile(fi, e.info) {
+		f.Close()
+		return nil, errChangedDuringWalk
+	}
+	return f, nil
+}
+
+// rewrap rewraps the i-th file, which it opens as open does.
+func (w *walked) rewrap(ctx context.Context, i int, opts *envelope.RewrapOptions) (*envelope.RewrapResult, error) {
+	f, err := w.open(i, os.O_RDWR)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
+	return envelope.RewrapFile(ctx, f, opts)
+}
+
+// isKpcryptFile reports, by the file it opened, whether the file at rel in
+// root is a regular file starting with kpcrypt's magic: its FileInfo if so,
+// else nil.
+func isKpcryptFile(root *os.Root, rel string) fs.FileInfo {
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
 	var magic [4]byte
-	_, err = io.ReadFull(f, magic[:])
-	return err == nil && string(magic[:]) == "KPCF"
+	if _, err = io.ReadFull(f, magic[:]); err != nil || string(magic[:]) != "KPCF" {
+		return nil
+	}
+	return fi
 }
