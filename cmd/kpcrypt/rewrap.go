@@ -230,8 +230,8 @@ var errChangedDuringWalk = errors.New("changed during the walk; left untouched")
 // walk and every later open of a file it found stay inside the directory,
 // even if a directory in it is swapped for a symlink meanwhile, and
 // [walked.open] opens only the very file the walk found. Close the result.
-func collectFiles(paths []string) (w *walked, skipped int, err error) {
-	w = &walked{}
+func collectFiles(paths []string) (_ *walked, skipped int, err error) {
+	w := &walked{}
 	defer func() {
 		if err != nil {
 			w.Close()

@@ -102,3 +102,12 @@ func TestWalkSkipsTemporaryFiles(t *testing.T) {
 		t.Fatalf("rewrap touched or counted a temporary file: %s", r.stderr)
 	}
 }
+
+// TestCollectFilesError: a walk that fails returns the error and closes
+// what it opened.
+func TestCollectFilesError(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, err := collectFiles([]string{dir, filepath.Join(dir, "missing")}); err == nil {
+		t.Fatal("no error for a missing path")
+	}
+}
