@@ -12,12 +12,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
-	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
 
@@ -133,9 +131,6 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	return nil
 }
 
-// testHookAfterWalk, when set, runs between the walk and the rewraps.
-var testHookAfterWalk func()
-
 // errQuiet fails the command without another message.
 var errQuiet = errors.New("")
 
@@ -199,28 +194,6 @@ func (u *ui) autoResolver() kms.Resolver {
 	return auto
 }
 
-// walked is what collectFiles found: the files, in order, and how to open
-// each one as it was found.
-type walked struct {
-	// paths are the files' paths, for messages.
-	paths   []string
-	entries []walkEntry
-	roots   []*os.Root
-}
-
-// walkEntry is one file found. A file named on the command line has no
-// root: it is opened as named.
-type walkEntry struct {
-	path string
-	root *os.Root    // the directory walked, for a file found in it
-	rel  string      // its path within root
-	info fs.FileInfo // the file as the walk saw it
-}
-
-// errChangedDuringWalk is why a file found by the walk is not opened: what
-// is now at its path is not the file the walk found.
-var errChangedDuringWalk = errors.New("changed during the walk; left untouched")
-
 // collectFiles expands directories, recursively, into the kpcrypt files they
 // hold. Files named on the command line are kept whatever they hold; files
 // found in directories are kept only if they start with kpcrypt's magic.
@@ -255,7 +228,7 @@ func collectFiles(paths []string) (_ *walked, skipped int, err error) {
 			if err != nil {
 				return err
 			}
-			if !d.Type().IsRegular() || atomicfile.IsTemp(d.Name()) {
+			if !d.Type().IsRegular() || skipInWalk(d.Name()) {
 				return nil
 			}
 			path := filepath.Join(p, filepath.FromSlash(rel))
@@ -273,54 +246,11 @@ func collectFiles(paths []string) (_ *walked, skipped int, err error) {
 	return w, skipped, nil
 }
 
-func (w *walked) add(e walkEntry) {
-	w.paths = append(w.paths, e.path)
-	w.entries = append(w.entries, e)
-}
-
-// Close closes the directories walked.
-func (w *walked) Close() {
-	for _, r := range w.roots {
-		r.Close()
-	}
-}
-
-// open opens the i-th file with flag (os.O_RDONLY or os.O_RDWR). A file
-// found in a directory is opened within that directory and only if it is
-// the file the walk found (same device and inode); otherwise open fails
-// with errChangedDuringWalk.
-func (w *walked) open(i, flag int) (*os.File, error) {
-	e := w.entries[i]
-	if e.root == nil {
-		return os.OpenFile(e.path, flag, 0)
-	}
-	// O_NONBLOCK: a FIFO swapped in must not block the open.
-	f, err := e.root.OpenFile(e.rel, flag|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	if fi, err := f.Stat(); err != nil || !os.SameFile(fi, e.info) {
-		f.Close()
-		return nil, errChangedDuringWalk
-	}
-	return f, nil
-}
-
-// rewrap rewraps the i-th file, which it opens as open does.
-func (w *walked) rewrap(ctx context.Context, i int, opts *envelope.RewrapOptions) (*envelope.RewrapResult, error) {
-	f, err := w.open(i, os.O_RDWR)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return envelope.RewrapFile(ctx, f, opts)
-}
-
 // isKpcryptFile reports, by the file it opened, whether the file at rel in
 // root is a regular file starting with kpcrypt's magic: its FileInfo if so,
 // else nil.
 func isKpcryptFile(root *os.Root, rel string) fs.FileInfo {
-	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := root.OpenFile(rel, os.O_RDONLY|oNonblock, 0)
 	if err != nil {
 		return nil
 	}
