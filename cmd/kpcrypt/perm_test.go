@@ -39,7 +39,7 @@ func TestOutputModes(t *testing.T) {
 				os.Remove(filepath.Join(dir, "out"))
 			}
 			kpUmask(t, dir, c.mask, append([]string{"encrypt", "--kek", "local:kek.json", "-o", "f.kpc", "plain.bin"}, extra...)...)
-			kpUmask(t, dir, c.mask, append([]string{"decrypt", "-o", "out", "f.kpc"}, extra...)...)
+			kpUmask(t, dir, c.mask, append([]string{"decrypt", "--kek", "local:kek.json", "-o", "out", "f.kpc"}, extra...)...)
 			for name, want := range map[string]os.FileMode{"f.kpc": c.ct, "out": c.plain} {
 				fi, err := os.Stat(filepath.Join(dir, name))
 				if err != nil {
