@@ -92,7 +92,11 @@ func IsTemp(name string) bool {
 func tempName(base string) string {
 	if len(base) > maxTmpBase {
 		base = base[:maxTmpBase]
-		for !utf8.ValidString(base) {
+		// Drop a character cut in two.
+		for len(base) > 0 {
+			if r, size := utf8.DecodeLastRuneInString(base); r != utf8.RuneError || size != 1 {
+				break
+			}
 			base = base[:len(base)-1]
 		}
 	}
