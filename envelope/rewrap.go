@@ -89,7 +89,7 @@ type RewrapResult struct {
 // asked is not written to, and no KMS write operation is made for it
 // (unless an interrupted rewrap left a table copy stale, which is repaired).
 //
-// Rewrap does not lock the file; [RewrapPath] does.
+// Rewrap does not lock the file; [RewrapFile] and [RewrapPath] do.
 func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, error) {
 	h, err := format.ReadHeader(io.NewSectionReader(f, 0, MaxHeaderSize))
 	if err != nil {
@@ -136,10 +136,26 @@ func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, er
 }
 
 // RewrapPath rewraps the file at path under an exclusive lock, so that
-// concurrent rewraps of one file take turns.
+// concurrent rewraps of one file take turns. It opens path as named,
+// following symlinks; to rewrap a file found by a directory walk, open it
+// safely and call [RewrapFile].
 func RewrapPath(ctx context.Context, path string, opts *RewrapOptions) (*RewrapResult, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return RewrapFile(ctx, f, opts)
+}
+
+// RewrapFile rewraps the open file f as [Rewrap] does, holding an exclusive
+// flock(2) lock on it meanwhile, as [RewrapPath] and [SaveRewrapped] do, so
+// that concurrent rewraps of one file take turns. f must be open for reading
+// and writing (even for a dry run). The lock is released before RewrapFile
+// returns; f is left open.
+func RewrapFile(ctx context.Context, f *os.File, opts *RewrapOptions) (*RewrapResult, error) {
 	var res *RewrapResult
-	err := withLockedFile(path, func(f *os.File) (err error) {
+	err := withLock(f, func() (err error) {
 		res, err = Rewrap(ctx, f, opts)
 		return err
 	})
@@ -154,10 +170,17 @@ func withLockedFile(path string, fn func(*os.File) error) error {
 		return err
 	}
 	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("locking %s: %w", path, err)
+	return withLock(f, func() error { return fn(f) })
+}
+
+// withLock runs fn while holding an exclusive lock on f.
+func withLock(f *os.File, fn func() error) error {
+	fd := int(f.Fd())
+	if err := syscall.Flock(fd, syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("locking %s: %w", f.Name(), err)
 	}
-	return fn(f)
+	defer syscall.Flock(fd, syscall.LOCK_UN)
+	return fn()
 }
 
 // writeTable writes t over the non-current copy, syncs, then over the other

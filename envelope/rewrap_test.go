@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
@@ -212,6 +213,44 @@ func TestRewrapLocalAndDryRun(t *testing.T) {
 	}
 	if s := mustDecrypt(t, p, pt, keyring); s.KeyVersion != v2 {
 		t.Fatalf("version after rewrap %q, want %q", s.KeyVersion, v2)
+	}
+}
+
+// TestRewrapFile: RewrapFile rewraps an open file, leaves it open and
+// releases its lock.
+func TestRewrapFile(t *testing.T) {
+	ctx := context.Background()
+	k := newLocalKEK(t, "kek")
+	p, pt := encryptFile(t, t.TempDir(), "f.kpc", 20_000, k)
+	v2, _ := k.Rotate(ctx)
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := RewrapFile(ctx, f, &RewrapOptions{Keyring: KEKs{k}})
+	if err != nil || !res.Changed || res.Slots[0].NewVersion != v2 {
+		t.Fatalf("RewrapFile: %v %+v", err, res)
+	}
+	if s := mustDecrypt(t, p, pt, KEKs{k}); s.KeyVersion != v2 {
+		t.Fatalf("version after rewrap %q, want %q", s.KeyVersion, v2)
+	}
+	if _, err := f.Stat(); err != nil {
+		t.Fatalf("RewrapFile closed the file: %v", err)
+	}
+	// Unlocked: another open file description takes the lock at once.
+	g, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if err := syscall.Flock(int(g.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("the file is still locked after RewrapFile: %v", err)
+	}
+	syscall.Flock(int(g.Fd()), syscall.LOCK_UN)
+	// A file opened read-only cannot be rewrapped.
+	if _, err := RewrapFile(ctx, g, &RewrapOptions{Keyring: KEKs{k}, Remove: []string{"none"}, Add: []kms.KEK{newLocalKEK(t, "other")}}); err == nil {
+		t.Fatal("RewrapFile wrote through a read-only file")
 	}
 }
 

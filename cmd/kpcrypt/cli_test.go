@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
 )
 
 // The CLI tests run the built command, as a user would.
@@ -119,7 +121,7 @@ func mustNotExist(t *testing.T, path string) {
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	for _, e := range entries {
-		if strings.Contains(e.Name(), ".tmp-") {
+		if atomicfile.IsTemp(e.Name()) {
 			t.Fatalf("temporary file %s left behind", e.Name())
 		}
 	}

@@ -47,7 +47,7 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 		return err
 	}
 	defer in.Close()
-	o, err := openOutput(u, *out, in, *force, 0o600)
+	o, err := openOutput(u, *out, in, *force, 0o600) // plaintext: never more than the owner's
 	if err != nil {
 		return err
 	}

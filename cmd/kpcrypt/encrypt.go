@@ -80,7 +80,7 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 		return err
 	}
 	defer in.Close()
-	o, err := openOutput(u, *out, in, *force, 0o644)
+	o, err := openOutput(u, *out, in, *force, 0o666) // less the umask, as cp and age do
 	if err != nil {
 		return err
 	}

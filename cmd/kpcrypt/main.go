@@ -15,6 +15,9 @@
 //
 // IN and OUT default to standard input and output; "-" means the same.
 // Outputs are written atomically: nothing is left at OUT after a failure.
+// An encrypt output gets mode 0666 less the umask, like cp's and age's (the
+// ciphertext is safe to share as the umask allows); a decrypt output gets
+// 0600 less the umask, since it holds plaintext.
 // Secrets come from key files and the environment, never from flags.
 //
 // Exit status: 0 on success, 1 on failure, 2 on a usage error.

@@ -64,10 +64,15 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	if opts.Add, err = u.openKEKs(ctx, add); err != nil {
 		return err
 	}
-	files, skipped, err := collectFiles(paths)
+	walk, skipped, err := collectFiles(paths)
 	if err != nil {
 		return err
 	}
+	defer walk.Close()
+	if testHookAfterWalk != nil {
+		testHookAfterWalk()
+	}
+	files := walk.paths
 
 	var bar *progressbar.ProgressBar
 	if !*quiet && isTerminal(u.stderr) && len(files) > 1 {
@@ -82,12 +87,12 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, *jobs)
 	var mu sync.Mutex
-	for i, path := range files {
+	for i := range files {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
 			kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
-			res, err := envelope.RewrapPath(kctx, path, opts)
+			res, err := walk.rewrap(kctx, i, opts)
 			cancel()
 			results[i] = outcome{res, err}
 			if bar != nil {
@@ -212,25 +217,43 @@ func (u *ui) openKEKs(ctx context.Context, uris []string) (envelope.KEKs, error)
 // collectFiles expands directories, recursively, into the kpcrypt files they
 // hold. Files named on the command line are kept whatever they hold; files
 // found in directories are kept only if they start with kpcrypt's magic.
-func collectFiles(paths []string) (files []string, skipped int, err error) {
+// Temporary files of writers in progress (atomicfile.IsTemp) are passed over.
+//
+// A directory is walked within an os.Root, never through a symlink: the
+// walk and every later open of a file it found stay inside the directory,
+// even if a directory in it is swapped for a symlink meanwhile, and
+// [walked.open] opens only the very file the walk found. Close the result.
+func collectFiles(paths []string) (_ *walked, skipped int, err error) {
+	w := &walked{}
+	defer func() {
+		if err != nil {
+			w.Close()
+		}
+	}()
 	for _, p := range paths {
 		fi, err := os.Stat(p)
 		if err != nil {
 			return nil, 0, err
 		}
 		if !fi.IsDir() {
-			files = append(files, p)
+			w.add(walkEntry{path: p})
 			continue
 		}
-		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+		root, err := os.OpenRoot(p)
+		if err != nil {
+			return nil, 0, err
+		}
+		w.roots = append(w.roots, root)
+		err = fs.WalkDir(root.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
-			if !d.Type().IsRegular() {
+			if !d.Type().IsRegular() || skipInWalk(d.Name()) {
 				return nil
 			}
-			if isKpcryptFile(path) {
-				files = append(files, path)
+			path := filepath.Join(p, filepath.FromSlash(rel))
+			if info := isKpcryptFile(root, filepath.FromSlash(rel)); info != nil {
+				w.add(walkEntry{path: path, root: root, rel: filepath.FromSlash(rel), info: info})
 			} else {
 				skipped++
 			}
@@ -240,16 +263,25 @@ func collectFiles(paths []string) (files []string, skipped int, err error) {
 			return nil, 0, err
 		}
 	}
-	return files, skipped, nil
+	return w, skipped, nil
 }
 
-func isKpcryptFile(path string) bool {
-	f, err := os.Open(path)
+// isKpcryptFile reports, by the file it opened, whether the file at rel in
+// root is a regular file starting with kpcrypt's magic: its FileInfo if so,
+// else nil.
+func isKpcryptFile(root *os.Root, rel string) fs.FileInfo {
+	f, err := root.OpenFile(rel, os.O_RDONLY|oNonblock, 0)
 	if err != nil {
-		return false
+		return nil
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
 	var magic [4]byte
-	_, err = io.ReadFull(f, magic[:])
-	return err == nil && string(magic[:]) == "KPCF"
+	if _, err = io.ReadFull(f, magic[:]); err != nil || string(magic[:]) != "KPCF" {
+		return nil
+	}
+	return fi
 }

@@ -45,14 +45,16 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 	if err != nil {
 		return err
 	}
-	files, _, err := collectFiles(paths)
+	walk, _, err := collectFiles(paths)
 	if err != nil {
 		return err
 	}
+	defer walk.Close()
+	files := walk.paths
 	v := &versionCache{ctx: ctx, keyring: keyring, versions: map[string][]string{}, current: map[string]string{}}
 	found, failed := 0, 0
-	for _, path := range files {
-		f, err := os.Open(path)
+	for i, path := range files {
+		f, err := walk.open(i, os.O_RDONLY)
 		if err != nil {
 			u.errorf("%s: %v", path, err)
 			failed++
