@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,12 @@ type OpenedSlot struct {
 	Rewrapped *kms.WrappedKey
 
 	unwrappedVersion string // the version the KEK reported, for the cache
+
+	// What SaveRewrapped checks, so that it only ever replaces this very
+	// slot of this very file.
+	wrapped   []byte   // the slot's wrapped DEK
+	aadRecipe uint8    // the slot's AAD recipe
+	core      [32]byte // SHA-256 of the file's core
 }
 
 // Decrypt decrypts src into dst with the KEKs of keyring. Plaintext reaches
@@ -191,6 +198,10 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 	}
 	dek, c, slot, err := openSlots(ctx, h, d.Keyring, d.MinKeyVersions, d.Cache)
 	clear(dek)
+	if slot != nil {
+		s := h.Table().Slots[slot.Index]
+		slot.wrapped, slot.aadRecipe, slot.core = s.Wrapped, s.AADRecipe, sha256.Sum256(h.CoreBytes)
+	}
 	return c, slot, err
 }
 

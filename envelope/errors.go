@@ -40,6 +40,10 @@ var (
 	ErrCompressed = errors.New("random access is not possible in a compressed file")
 	// ErrSlotTableFull means the key slots do not fit in the slot table.
 	ErrSlotTableFull = format.ErrSlotTableFull
+	// ErrSlotMismatch means a slot given to [SaveRewrapped] is not a slot
+	// of the file: it was opened from another file, or the file's slot has
+	// changed since.
+	ErrSlotMismatch = errors.New("the slot was not opened from this file, or has changed since")
 )
 
 // NoKEKError reports that no KEK opened any slot of a file. It matches

@@ -1,15 +1,17 @@
 package envelope
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"slices"
-	"syscall"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/internal/filelock"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
 
@@ -155,7 +157,7 @@ func RewrapPath(ctx context.Context, path string, opts *RewrapOptions) (*RewrapR
 // returns; f is left open.
 func RewrapFile(ctx context.Context, f *os.File, opts *RewrapOptions) (*RewrapResult, error) {
 	var res *RewrapResult
-	err := withLock(f, func() (err error) {
+	err := withLock(ctx, f, func() (err error) {
 		res, err = Rewrap(ctx, f, opts)
 		return err
 	})
@@ -164,22 +166,22 @@ func RewrapFile(ctx context.Context, f *os.File, opts *RewrapOptions) (*RewrapRe
 
 // withLockedFile runs fn on the file at path, opened for reading and
 // writing and locked exclusively.
-func withLockedFile(path string, fn func(*os.File) error) error {
+func withLockedFile(ctx context.Context, path string, fn func(*os.File) error) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return withLock(f, func() error { return fn(f) })
+	return withLock(ctx, f, func() error { return fn(f) })
 }
 
-// withLock runs fn while holding an exclusive lock on f.
-func withLock(f *os.File, fn func() error) error {
-	fd := int(f.Fd())
-	if err := syscall.Flock(fd, syscall.LOCK_EX); err != nil {
+// withLock runs fn while holding an exclusive lock on f. The wait for the
+// lock honours ctx.
+func withLock(ctx context.Context, f *os.File, fn func() error) error {
+	if err := filelock.Lock(ctx, f, true); err != nil {
 		return fmt.Errorf("locking %s: %w", f.Name(), err)
 	}
-	defer syscall.Flock(fd, syscall.LOCK_UN)
+	defer filelock.Unlock(f)
 	return fn()
 }
 
@@ -385,12 +387,21 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 // SaveRewrapped writes into the file at path the newer wrapping a KMS handed
 // back while a Reader opened it (OpenedSlot.Rewrapped), so that the file
 // moves to the newer key version without another KMS call. It does nothing
-// if there is none. The file is locked while its slot table is rewritten.
-func SaveRewrapped(path string, opened OpenedSlot) error {
+// if there is none. The file is locked while its slot table is rewritten;
+// the wait for the lock honours ctx.
+//
+// It replaces the slot only if it is the one opened: the same index, KEK
+// URI, wrapped DEK and AAD recipe and, for a per-file slot (recipe 1), the
+// same core. Anything else (a slot opened from another file, a file whose
+// slot has changed since) fails with [ErrSlotMismatch] and leaves the file
+// untouched. A recipe-2 slot is shared by design by the files of one
+// context that reuse a DEK, so its newer wrapping may be saved into each of
+// them.
+func SaveRewrapped(ctx context.Context, path string, opened OpenedSlot) error {
 	if opened.Rewrapped == nil {
 		return nil
 	}
-	return withLockedFile(path, func(f *os.File) error {
+	return withLockedFile(ctx, path, func(f *os.File) error {
 		h, err := format.ReadHeader(io.NewSectionReader(f, 0, MaxHeaderSize))
 		if err != nil {
 			return err
@@ -398,8 +409,10 @@ func SaveRewrapped(path string, opened OpenedSlot) error {
 		t := h.Table()
 		slots := slices.Clone(t.Slots)
 		i := opened.Index
-		if i >= len(slots) || slots[i].URI != opened.URI || slots[i].KeyVersion != opened.KeyVersion {
-			return nil // the table changed since: nothing to save
+		if i < 0 || i >= len(slots) || slots[i].URI != opened.URI || slots[i].KeyVersion != opened.KeyVersion ||
+			opened.wrapped == nil || !bytes.Equal(slots[i].Wrapped, opened.wrapped) || slots[i].AADRecipe != opened.aadRecipe ||
+			opened.aadRecipe == format.AADRecipeV1 && sha256.Sum256(h.CoreBytes) != opened.core {
+			return fmt.Errorf("envelope: %s: %w", path, ErrSlotMismatch)
 		}
 		slots[i].KeyVersion, slots[i].Wrapped = opened.Rewrapped.KeyVersion, opened.Rewrapped.Ciphertext
 		return writeTable(f, h, &format.SlotTable{Sequence: t.Sequence + 1, Slots: slots})

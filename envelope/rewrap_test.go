@@ -522,11 +522,55 @@ func TestSaveRewrapped(t *testing.T) {
 	if s.Rewrapped == nil {
 		t.Fatal("no newer wrapping after a rotation")
 	}
-	if err := SaveRewrapped(p, *s); err != nil {
+	if err := SaveRewrapped(ctx, p, *s); err != nil {
 		t.Fatal(err)
 	}
 	s2 := mustDecrypt(t, p, pt, kp.keyring())
 	if s2.KeyVersion != s.Rewrapped.KeyVersion || s2.Rewrapped != nil {
 		t.Fatalf("after saving: %+v", s2)
 	}
+}
+
+// The slot opened from file A, saved to file B, must not touch B: it once
+// overwrote both table copies of B, which no longer decrypted.
+func TestSaveRewrappedRefusesAnotherFile(t *testing.T) {
+	ctx := context.Background()
+	kp := startKP(t)
+	kek := kp.kek(t, "root-key")
+	dir := t.TempDir()
+	a, ptA := encryptFile(t, dir, "a.kpc", 5000, kek)
+	b, ptB := encryptFile(t, dir, "b.kpc", 7000, kek)
+	kek.Rotate(ctx)
+	sA := mustDecrypt(t, a, ptA, kp.keyring())
+	if sA.Rewrapped == nil {
+		t.Fatal("no newer wrapping after a rotation")
+	}
+	before := readAll(t, b)
+	if err := SaveRewrapped(ctx, b, *sA); !errors.Is(err, ErrSlotMismatch) {
+		t.Fatalf("SaveRewrapped of A's slot into B = %v, want ErrSlotMismatch", err)
+	}
+	if !bytes.Equal(readAll(t, b), before) {
+		t.Fatal("B was modified")
+	}
+	mustDecrypt(t, b, ptB, kp.keyring())
+	// A slot of no file at all is refused too.
+	if err := SaveRewrapped(ctx, a, OpenedSlot{URI: sA.URI, KeyVersion: sA.KeyVersion, Rewrapped: sA.Rewrapped}); !errors.Is(err, ErrSlotMismatch) {
+		t.Fatalf("a made-up slot: %v", err)
+	}
+	// A's own slot still saves.
+	if err := SaveRewrapped(ctx, a, *sA); err != nil {
+		t.Fatal(err)
+	}
+	if s := mustDecrypt(t, a, ptA, kp.keyring()); s.KeyVersion != sA.Rewrapped.KeyVersion {
+		t.Fatalf("after saving: %+v", s)
+	}
+}
+
+func readAll(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
