@@ -71,7 +71,7 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 	if _, err := io.Copy(o, r); err != nil {
 		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
 	}
-	return o.commit()
+	return o.commit(u)
 }
 
 // explain rewords the library's errors for the command line.

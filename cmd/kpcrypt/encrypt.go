@@ -110,7 +110,7 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", in.name, err)
 	}
-	return o.commit()
+	return o.commit(u)
 }
 
 func operand(ops []string) string {

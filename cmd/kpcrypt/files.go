@@ -85,12 +85,19 @@ func openOutput(u *ui, path string, in *input, force bool, perm os.FileMode) (*o
 	return &output{w: f, atomic: f}, nil
 }
 
-// commit puts a file output in place.
-func (o *output) commit() error {
+// commit puts a file output in place. A directory that could not be
+// synced after the file was put in place is a warning, not a failure: the
+// file is there, and saying otherwise would mislead.
+func (o *output) commit(u *ui) error {
 	if o.atomic == nil {
 		return nil
 	}
-	return o.atomic.Commit()
+	err := o.atomic.Commit()
+	if errors.Is(err, atomicfile.ErrNotDurable) {
+		u.infof("warning: %v", err)
+		return nil
+	}
+	return err
 }
 
 // abort removes a file output that was not committed.

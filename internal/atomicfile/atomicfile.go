@@ -33,12 +33,18 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"unicode/utf8"
 )
 
 // ErrExists is returned when the target exists and overwriting was not
 // allowed.
 var ErrExists = errors.New("file exists")
+
+// ErrNotDurable is returned by Commit when the file is in place but the
+// directory could not be synced, so a crash may still lose the new name.
+// The caller should warn rather than report a failure: the file is there.
+var ErrNotDurable = errors.New("the file is in place, but its directory could not be synced")
 
 // File is a file being written atomically. Write to it, then Commit to put it
 // in place, or Abort to remove it. Abort after Commit does nothing, so
@@ -50,6 +56,9 @@ type File struct {
 	tmp       string // the temporary file's path; "" for an unnamed (O_TMPFILE) one
 	overwrite bool
 	done      bool
+	// through is set when the target is a device or a named pipe: it is
+	// written in place, never replaced.
+	through bool
 }
 
 // forceNamed makes Create use a named temporary file even where O_TMPFILE
@@ -110,11 +119,37 @@ func tempName(base string) string {
 // Unless overwrite is set, it fails with [ErrExists] if path exists, and
 // Commit fails the same way if path appears in the meantime.
 //
+// A path that is a symbolic link stands for the file it resolves to, which
+// is replaced atomically (the link stays a link); a dangling link is
+// refused. A path that is a device or a named pipe (/dev/null, a FIFO) is
+// written through, never replaced, overwrite or not: Commit and Abort only
+// close it, and what was written before an Abort stays written. A directory
+// is refused.
+//
 // Create first removes the stale temporary files of dead writers from the
 // directory, where it can tell them (see the package documentation).
 func Create(path string, perm fs.FileMode, overwrite bool) (*File, error) {
-	if !overwrite {
-		if _, err := os.Lstat(path); err == nil {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			resolved, err := filepath.EvalSymlinks(path)
+			if err != nil {
+				return nil, fmt.Errorf("%s is a symbolic link that leads nowhere: %w", path, err)
+			}
+			path = resolved
+			if fi, err = os.Lstat(path); err != nil {
+				return nil, err
+			}
+		}
+		switch {
+		case fi.IsDir():
+			return nil, fmt.Errorf("%s is a directory: name a file in it", path)
+		case fi.Mode()&(fs.ModeDevice|fs.ModeCharDevice|fs.ModeNamedPipe) != 0:
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				return nil, err
+			}
+			return &File{File: f, target: path, through: true}, nil
+		case !overwrite:
 			return nil, fmt.Errorf("%s: %w (use --force to overwrite)", path, ErrExists)
 		}
 	}
@@ -175,6 +210,9 @@ func (f *File) Commit() error {
 		return errors.New("atomicfile: already committed or aborted")
 	}
 	f.done = true
+	if f.through {
+		return f.File.Close()
+	}
 	err := f.Sync()
 	if err == nil {
 		if f.tmp == "" {
@@ -197,7 +235,10 @@ func (f *File) Commit() error {
 	if err != nil {
 		return err
 	}
-	return syncDir(f.dir)
+	if err := syncDir(f.dir); err != nil {
+		return fmt.Errorf("%s: %w: %v", f.target, ErrNotDurable, err)
+	}
+	return nil
 }
 
 // commitNamed puts a named temporary file in place.
@@ -254,7 +295,7 @@ func (f *File) Abort() {
 		return
 	}
 	f.done = true
-	if f.tmp != "" {
+	if f.tmp != "" && !f.through {
 		if !holdOpen {
 			f.File.Close()
 		}
@@ -304,8 +345,8 @@ func syncDir(dir string) error {
 		return err
 	}
 	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, errors.ErrUnsupported) {
-		return err
+	if err := d.Sync(); err != nil && !errors.Is(err, errors.ErrUnsupported) && !errors.Is(err, syscall.EINVAL) {
+		return err // EINVAL: this filesystem does not sync directories
 	}
 	return nil
 }

