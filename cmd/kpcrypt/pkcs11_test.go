@@ -88,7 +88,7 @@ func TestPKCS11(t *testing.T) {
 	if !bytes.Equal(readFile(t, filepath.Join(dir, "out2")), pt) {
 		t.Fatal("decrypted file differs after rotation")
 	}
-	r = kp(t, dir, nil, "rewrap", "--kek", uri, "f.kpc")
+	r = kp(t, dir, nil, "rewrap", "--kek", uri, "--kek", "local:kek.json", "f.kpc")
 	r.expect(t, 0, "1 rewrapped, 0 already current, 0 failed")
 	// The local slot was current already: only the pkcs11 slot moved.
 	if want := "rewrapped f.kpc: " + id + " " + v1 + " → " + v2 + " (client-side)\n"; !strings.Contains(string(r.stdout), want) {
@@ -97,7 +97,12 @@ func TestPKCS11(t *testing.T) {
 	if s := slotsOf(t, dir, "f.kpc"); s[0] != [2]string{id, v2} {
 		t.Fatalf("after rewrap the slot is %v, want %s at %s", s[0], id, v2)
 	}
-	kp(t, dir, nil, "rewrap", "--kek", uri, "f.kpc").expect(t, 0, "0 rewrapped, 1 already current")
+	kp(t, dir, nil, "rewrap", "--kek", uri, "--kek", "local:kek.json", "f.kpc").expect(t, 0, "0 rewrapped, 1 already current")
+	// With only the pkcs11 --kek, the local slot is not checked: exit 1.
+	if r := kp(t, dir, nil, "rewrap", "--kek", uri, "f.kpc"); r.code != 1 || !strings.Contains(string(r.stderr), "slot 1 (local:kek.json) not checked") ||
+		!strings.Contains(string(r.stderr), "0 rewrapped, 0 already current, 0 failed, 1 with slots not checked") {
+		t.Fatalf("rewrap with a slot not checked: exit %d\n%s", r.code, r.stderr)
+	}
 	kp(t, dir, nil, "decrypt", "--kek", uri, "-o", "out3", "f.kpc").expect(t, 0)
 	if !bytes.Equal(readFile(t, filepath.Join(dir, "out3")), pt) {
 		t.Fatal("decrypted file differs after rewrap")
