@@ -7,7 +7,7 @@ import "errors"
 // hints, never authority: a file must not choose the host that receives the
 // user's credentials, the key file that decides what decrypts, or the
 // module that is loaded.
-var ErrUntrusted = errors.New("KEK not trusted: the URI comes from the file and the trust configuration does not list it")
+var ErrUntrusted = errors.New("KEK not trusted")
 
 // DiscoveryFilter decides which KEK URIs read from files' headers may be
 // opened, after the AWS Encryption SDK's discovery filter. It is consulted

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -121,8 +122,19 @@ func TestPKCS11(t *testing.T) {
 	// and the PIN in the environment: without --kek only the local slot
 	// can open the file, and with the local key away nothing can.
 	os.Rename(filepath.Join(dir, "kek.json"), filepath.Join(dir, "away.json"))
-	kp(t, dir, nil, "decrypt", "-o", "out0", "f.kpc").expect(t, 1, "no KEK named by the file can open any of this file's 2 key slots", id, "opens only with --kek pkcs11:")
+	kp(t, dir, nil, "decrypt", "-o", "out0", "f.kpc").expect(t, 1, "no KEK named by the file can open any of this file's 2 key slots", id, "a file may not choose a PKCS#11 module")
 	mustNotExist(t, filepath.Join(dir, "out0"))
+
+	// Listed in the trust configuration with its module and PIN source,
+	// the token opens without --kek, through the configured URI.
+	t.Setenv(pkcs11.EnvModule, "")
+	t.Setenv(pkcs11.EnvPIN, "")
+	trustFile := writeTrust(t, fmt.Sprintf(`{"pkcs11_keys": [%q]}`, id+"?module-path="+tok.Module+"&pin-source="+tok.PINFile))
+	r = kpEnv(t, dir, append(os.Environ(), "KPCRYPT_TRUST_FILE="+trustFile), nil, "decrypt", "f.kpc")
+	r.expect(t, 0)
+	if !bytes.Equal(r.stdout, pt) {
+		t.Fatal("decrypt through the trust configuration differs")
+	}
 
 	t.Setenv(pkcs11.EnvPIN, "")
 	kp(t, dir, nil, "decrypt", "--kek", id+"?pin-source=file://"+tok.PINFile, "-o", "out4", "f.kpc").expect(t, 0)
