@@ -26,7 +26,7 @@ const notAuthenticated = "no (inspect reads the header without a key; decrypt au
 func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print the header as JSON")
-	current := fs.Bool("current", false, "ask each slot's KEK whether the slot is under its current key version")
+	current := fs.Bool("current", false, "ask each slot's KEK whether the slot is under its current key version; exit status 3 when a slot could not be checked")
 	var keks listFlag
 	fs.Var(&keks, "kek", "with --current, `URI` of a KEK to ask (repeatable); without it, the slots' own URIs are opened")
 	kmsTimeout := kmsTimeoutFlag(fs)
@@ -110,7 +110,7 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 			u.infof("%s", e)
 		}
 		if len(askErrs) > 0 {
-			return errQuiet
+			return exitStatus(3)
 		}
 		return nil
 	}
@@ -162,7 +162,7 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		u.infof("%s", e)
 	}
 	if len(askErrs) > 0 {
-		return errQuiet
+		return exitStatus(3)
 	}
 	return nil
 }

@@ -35,6 +35,12 @@ import (
 	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 )
 
+// exitStatus ends a command with a status of its own; whatever had to be
+// said was printed already.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
 // usageError is a mistake in the command line; it exits with status 2.
 type usageError struct{ msg string }
 
@@ -124,9 +130,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = usagef("unknown command %q", cmd)
 	}
 	var ue *usageError
+	var es exitStatus
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &es):
+		return int(es)
 	case errors.Is(err, errHelp):
 		return 0
 	case errors.Is(err, errQuiet):

@@ -107,6 +107,26 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		bar.Finish()
 	}
 
+	// A --remove-kek that removes nothing is a mistake (a typo, another
+	// spelling of the URI): say so rather than report files as current.
+	var unused []string
+	for _, uri := range remove {
+		removed := false
+		for i, o := range results {
+			if o.err != nil {
+				continue
+			}
+			if slices.ContainsFunc(o.res.Slots, func(c envelope.SlotChange) bool { return c.Action == "removed" && c.URI == uri }) {
+				removed = true
+			} else if walk.entries[i].root == nil {
+				results[i].err = fmt.Errorf("the file holds no slot of %s: nothing to remove (see kpcrypt inspect)", uri)
+			}
+		}
+		if !removed && slices.ContainsFunc(walk.entries, func(e walkEntry) bool { return e.root != nil }) {
+			unused = append(unused, uri)
+		}
+	}
+
 	var nChanged, nCurrent, nFailed, nUnchecked int
 	verb := "rewrapped"
 	if *dryRun {
@@ -147,7 +167,10 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		summary += fmt.Sprintf(", %d skipped (not kpcrypt files)", skipped)
 	}
 	u.infof("%s", summary)
-	if nFailed > 0 || nUnchecked > 0 {
+	for _, uri := range unused {
+		u.errorf("--remove-kek %s: no file holds a slot of this KEK; nothing was removed", uri)
+	}
+	if nFailed > 0 || nUnchecked > 0 || len(unused) > 0 {
 		return errQuiet
 	}
 	return nil

@@ -50,12 +50,17 @@ func TestRewrapCommand(t *testing.T) {
 	v3, _ := k.(kms.Rotator).Rotate(ctx)
 
 	r := kpc("scan", "--outdated", "d")
-	r.expect(t, 0, "2 of 2 files have slots not under their KEK's current version")
+	if r.code != 1 || !strings.Contains(string(r.stderr), "2 of 2 files have slots not under their KEK's current version") {
+		t.Fatalf("scan --outdated: exit %d, want 1\n%s", r.code, r.stderr)
+	}
 	if !strings.Contains(string(r.stdout), "d/a.kpc\tslot 0\t"+crn+"\tkey version "+v1) || !strings.Contains(string(r.stdout), "d/sub/b.kpc") {
 		t.Fatalf("scan --outdated:\n%s", r.stdout)
 	}
-	kpc("scan", "--below-version", v3, "d").expect(t, 0, "2 of 2 files have slots under a key version older than "+v3)
-	kpc("scan", "--below-version", v1, "d").expect(t, 0, "0 of 2 files")
+	if r := kpc("scan", "--below-version", v3, "--kek", crn, "d"); r.code != 1 || !strings.Contains(string(r.stderr), "2 of 2 files have slots under a key version older than "+v3) {
+		t.Fatalf("scan --below-version: exit %d, want 1\n%s", r.code, r.stderr)
+	}
+	kpc("scan", "--below-version", v1, "--kek", crn, "d").expect(t, 0, "0 of 2 files")
+	kpc("scan", "--below-version", "2", "--kek", crn, "d").expect(t, 2, "is not a key version")
 	kpc("scan", "d").expect(t, 2)
 
 	r = kpc("inspect", "--current", "d/a.kpc")

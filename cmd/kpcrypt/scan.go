@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
@@ -17,13 +18,13 @@ import (
 func cmdScan(ctx context.Context, u *ui, args []string) error {
 	fs := flag.NewFlagSet("scan", flag.ContinueOnError)
 	var keks listFlag
-	below := fs.String("below-version", "", "list slots under a key `VERSION` older than this one (in their KEK's order of versions)")
+	below := fs.String("below-version", "", "list the slots of the --kek KEK under a key `VERSION` older than this one (in the KEK's order of versions)")
 	outdated := fs.Bool("outdated", false, "list slots not under their KEK's current version")
-	fs.Var(&keks, "kek", "`URI` of a KEK to ask (repeatable); without it, the slots' own URIs are opened")
+	fs.Var(&keks, "kek", "`URI` of a KEK to ask (repeatable; exactly one with --below-version); without it, the slots' own URIs that the trust configuration allows are opened")
 	kmsTimeout := kmsTimeoutFlag(fs)
 	paths, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
-		helpFor(fs, u.stdout, "kpcrypt scan (--below-version VERSION | --outdated) [--kek URI]... PATH...")
+		helpFor(fs, u.stdout, "kpcrypt scan (--outdated [--kek URI]... | --below-version VERSION --kek URI) PATH...\n\n"+scanExitCodes)
 		return errHelp
 	}
 	if err != nil {
@@ -41,9 +42,21 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 	if err := checkTimeout("scan", *kmsTimeout); err != nil {
 		return err
 	}
+	if *below != "" && len(keks) != 1 {
+		return usagef("scan: --below-version applies to the slots of one KEK: give it with --kek URI")
+	}
 	keyring, err := u.slotKeyring(ctx, keks)
 	if err != nil {
 		return err
+	}
+	var belowKEK string
+	if *below != "" {
+		kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
+		belowKEK, err = checkBelowVersion(kctx, keyring.(envelope.KEKs)[0], *below)
+		cancel()
+		if err != nil {
+			return err
+		}
 	}
 	walk, _, err := collectFiles(paths)
 	if err != nil {
@@ -75,6 +88,8 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 			var err error
 			if *outdated {
 				old, err = v.outdated(s)
+			} else if s.KEK != belowKEK {
+				continue // another KEK's slot: not in question
 			} else {
 				old, err = v.below(s, *below)
 			}
@@ -98,10 +113,49 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 		what = fmt.Sprintf("under a key version older than %s", *below)
 	}
 	u.infof("%d of %d files have slots %s", found, len(files), what)
-	if failed > 0 {
-		return errQuiet
+	switch {
+	case failed > 0:
+		if found > 0 {
+			u.infof("%d slots or files could not be checked: the list is incomplete", failed)
+		} else {
+			u.infof("%d slots or files could not be checked", failed)
+		}
+		return exitStatus(3)
+	case found > 0:
+		return exitStatus(1)
 	}
 	return nil
+}
+
+// scanExitCodes documents scan's exit status, for its help.
+const scanExitCodes = `Exit status:
+  0  every slot was checked, and none is outdated
+  1  at least one slot is outdated, and every slot was checked
+  2  usage error
+  3  something could not be checked (an error, or a slot of a KEK that
+     --kek does not give and the trust configuration does not allow): the
+     answer is incomplete, whatever else was found`
+
+// checkBelowVersion makes sure that version is one of kek's versions, and
+// returns the KEK's URI.
+func checkBelowVersion(ctx context.Context, kek kms.KEK, version string) (string, error) {
+	vl, ok := kek.(kms.VersionLister)
+	if !ok {
+		return "", usagef("scan: --below-version: KEK %s cannot list its versions", kek.URI())
+	}
+	vs, err := vl.Versions(ctx)
+	if err != nil {
+		return "", err
+	}
+	if !slices.Contains(vs, version) {
+		shown := vs
+		if len(shown) > 5 {
+			shown = shown[len(shown)-5:]
+		}
+		return "", usagef("scan: --below-version: %q is not a key version of %s (its newest versions, oldest first: %s)",
+			version, kek.URI(), strings.Join(shown, ", "))
+	}
+	return kek.URI(), nil
 }
 
 // versionCache asks each KEK once for its versions.

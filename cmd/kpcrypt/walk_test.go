@@ -95,7 +95,9 @@ func TestWalkSkipsTemporaryFiles(t *testing.T) {
 	tmp := filepath.Join(dir, "tree", ".x.kpc.kpcrypt-tmp-0123456789abcdef")
 	os.WriteFile(tmp, readFile(t, filepath.Join(dir, "outside", "c.kpc")), 0o600)
 	before := readFile(t, tmp)
-	kp(t, dir, nil, "scan", "--outdated", "--kek", uri, "tree").expect(t, 0, "2 of 2 files have slots")
+	if r := kp(t, dir, nil, "scan", "--outdated", "--kek", uri, "tree"); r.code != 1 || !strings.Contains(string(r.stderr), "2 of 2 files have slots") {
+		t.Fatalf("scan: exit %d\n%s", r.code, r.stderr)
+	}
 	r := kp(t, dir, nil, "rewrap", "--kek", uri, "tree")
 	r.expect(t, 0, "2 rewrapped, 0 already current, 0 failed")
 	if strings.Contains(string(r.stderr), "skipped") || !bytes.Equal(readFile(t, tmp), before) {
