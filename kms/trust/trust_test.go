@@ -43,9 +43,9 @@ func TestPolicy(t *testing.T) {
 		err       error
 	}{
 		{crn("kms", "us-south", inst, key1), crn("kms", "us-south", inst, key1), nil},
-		{crn("kms", "us-south", inst, key2), "", kms.ErrUntrusted},           // key not listed
-		{crn("kms", "eu-de", inst, key1), "", kms.ErrUntrusted},              // other region
-		{crn("hs-crypto", "us-south", inst, key1), "", kms.ErrUntrusted},     // other service
+		{crn("kms", "us-south", inst, key2), "", kms.ErrUntrusted},       // key not listed
+		{crn("kms", "eu-de", inst, key1), "", kms.ErrUntrusted},          // other region
+		{crn("hs-crypto", "us-south", inst, key1), "", kms.ErrUntrusted}, // other service
 		{crn("hs-crypto", "eu-de", inst2, key2), crn("hs-crypto", "eu-de", inst2, key2), nil},
 		{crn("kms", "evil.example#", inst, key1), "", kms.ErrInvalidURI},
 		{"local:/keys/kek.json", "local:/keys/kek.json", nil},
