@@ -62,7 +62,14 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 	defer done()
 	kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
 	defer cancel()
+	// A rewrap rewrites the slot tables in place under an exclusive lock:
+	// read the header under a shared one, so that it is never read torn.
+	unlock, err := in.lockShared(kctx)
+	if err != nil {
+		return err
+	}
 	r, err := d.NewReader(kctx, ctxReader{ctx, src})
+	unlock()
 	cancel()
 	if err != nil {
 		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))

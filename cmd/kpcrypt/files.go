@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
+	"github.com/kpcrypt/kpcrypt/internal/filelock"
 )
 
 // input is the command's input: a file or standard input.
@@ -47,6 +48,22 @@ func openInput(u *ui, path string) (*input, error) {
 		size = fi.Size()
 	}
 	return &input{Reader: f, name: path, file: f, size: size}, nil
+}
+
+// lockShared takes a shared lock on a regular input file, for as long as
+// its header is read, and returns the function that releases it. Other
+// inputs (pipes, terminals) need none.
+func (in *input) lockShared(ctx context.Context) (func(), error) {
+	if in.file == nil || in.size < 0 {
+		return func() {}, nil
+	}
+	if err := filelock.Lock(ctx, in.file, false); err != nil {
+		if errors.Is(err, filelock.ErrUnsupported) {
+			return func() {}, nil
+		}
+		return nil, fmt.Errorf("%s: waiting for a rewrap of the file to end: %w", in.name, err)
+	}
+	return func() { filelock.Unlock(in.file) }, nil
 }
 
 func (in *input) Close() {

@@ -49,7 +49,12 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		return err
 	}
 	defer in.Close()
+	unlock, err := in.lockShared(ctx)
+	if err != nil {
+		return err
+	}
 	h, err := envelope.Inspect(in)
+	unlock()
 	if err != nil {
 		return fmt.Errorf("%s: %w", in.name, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/internal/filelock"
 	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
@@ -72,6 +73,11 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 			u.errorf("%s: %v", path, err)
 			failed++
 			continue
+		}
+		// A shared lock: a concurrent rewrap never shows a torn table.
+		if err := filelock.Lock(ctx, f, false); err != nil && !errors.Is(err, filelock.ErrUnsupported) {
+			f.Close()
+			return err
 		}
 		h, err := envelope.Inspect(f)
 		f.Close()

@@ -34,7 +34,7 @@ func Lock(ctx context.Context, f *os.File, exclusive bool) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		wait = min(2*wait, 100*time.Millisecond)
+		wait = min(2*wait, 10*time.Millisecond)
 	}
 }
 
