@@ -441,7 +441,11 @@ func ParseSlotTable(raw []byte) (*SlotTable, error) {
 		}
 		sl.URI, sl.KeyVersion, sl.Wrapped = string(uri), string(ver), slices.Clone([]byte(wrapped))
 		if err := checkSlot(&sl); err != nil {
-			return nil, &Error{Field: fmt.Sprintf("slot %d", i), Reason: err.(*Error).Reason}
+			reason := err.Error()
+			if fe, ok := err.(*Error); ok {
+				reason = fe.Reason
+			}
+			return nil, &Error{Field: fmt.Sprintf("slot %d", i), Reason: reason}
 		}
 		t.Slots = append(t.Slots, sl)
 	}
