@@ -3,6 +3,7 @@ package keyprotect
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -23,6 +24,13 @@ type actionResult struct {
 
 func (c *Client) action(ctx context.Context, id, action string, body any, out any) error {
 	_, err := c.do(ctx, call{op: action, method: http.MethodPost, path: "keys/" + url.PathEscape(id) + "/actions/" + action, body: body}, out)
+	return err
+}
+
+// actionOnce is action for an action that must not be repeated after it
+// may have been served.
+func (c *Client) actionOnce(ctx context.Context, id, action string, body any, out any) error {
+	_, err := c.do(ctx, call{once: true, op: action, method: http.MethodPost, path: "keys/" + url.PathEscape(id) + "/actions/" + action, body: body}, out)
 	return err
 }
 
@@ -100,8 +108,47 @@ func (c *Client) Rewrap(ctx context.Context, id, ciphertext string, aad []string
 
 // Rotate makes a new version of a root key current. Key Protect allows one
 // rotation per key per hour.
+//
+// A rotation is never repeated blindly: when an attempt fails after its
+// request may have been served (a lost answer, a 5xx), Rotate compares the
+// key's current version with the one before, and reports success if the
+// key did rotate, or tries again if it did not. So a lost answer neither
+// rotates a key twice nor turns into a false 409.
 func (c *Client) Rotate(ctx context.Context, id string) error {
-	return c.action(ctx, id, "rotate", struct{}{}, nil)
+	return c.rotate(ctx, id, struct{}{})
+}
+
+func (c *Client) rotate(ctx context.Context, id string, body any) error {
+	before, err := c.currentVersion(ctx, id)
+	if err != nil {
+		return err
+	}
+	for range c.attempts {
+		err = c.actionOnce(ctx, id, "rotate", body, nil)
+		if !errors.Is(err, ErrOutcomeUnknown) {
+			return err
+		}
+		now, verr := c.currentVersion(ctx, id)
+		if verr != nil {
+			return err
+		}
+		if now != before {
+			return nil // the lost answer was a success
+		}
+	}
+	return err
+}
+
+// currentVersion returns the ID of a key's current version.
+func (c *Client) currentVersion(ctx context.Context, id string) (string, error) {
+	k, err := c.GetKey(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	if k.KeyVersion == nil {
+		return "", fmt.Errorf("keyprotect get key: the key has no version")
+	}
+	return k.KeyVersion.ID, nil
 }
 
 // Disable suspends a root key: it stops wrapping and unwrapping.

@@ -34,7 +34,9 @@ type Client struct {
 	attempts  int
 	baseDelay time.Duration
 	maxDelay  time.Duration
-	inFlight  chan struct{}
+	inFlight  *limiter
+	now       func() time.Time
+	sleep     func(context.Context, time.Duration) error // tests replace it
 }
 
 // New returns a client for cfg.
@@ -86,7 +88,12 @@ func New(cfg Config) (*Client, error) {
 	if n <= 0 {
 		n = 64
 	}
-	c.inFlight = make(chan struct{}, n)
+	c.inFlight = newLimiter(n)
+	c.now = cfg.Now
+	if c.now == nil {
+		c.now = time.Now
+	}
+	c.sleep = sleepCtx
 	return c, nil
 }
 
@@ -109,6 +116,9 @@ func (c *Client) BaseURL() string { return c.base.String() }
 func (c *Client) InstanceID() string { return c.instance }
 
 type call struct {
+	// once marks a call that must not be repeated after it may have been
+	// served (create, rotate).
+	once   bool
 	op     string
 	method string
 	path   string // under /api/v2/
@@ -117,10 +127,25 @@ type call struct {
 	prefer string
 }
 
+// ErrOutcomeUnknown means a call that must not be repeated blindly (create
+// a key, rotate one) failed after its request may have reached the service:
+// it may or may not have taken effect. The client reconciles where it can
+// (a rotation is checked against the key's version, a creation with an
+// alias against that alias) and returns this error where it cannot.
+var ErrOutcomeUnknown = errors.New("the request may have been served: its outcome is unknown")
+
 // do performs a call with retries and decodes a JSON answer into out. It
 // retries network errors, 429 and 5xx but 501 with exponential backoff and
-// full jitter, honouring Retry-After, within MaxAttempts and the context's
-// deadline. A 401 with a token from IAM is retried once with a new token.
+// full jitter; on 429 and 503 a Retry-After header is a floor under that
+// backoff, never a replacement for it. Every wait is bounded by the
+// context's deadline: a wait that would pass it ends the call with the last
+// error (matching ErrRateLimited or kms.ErrUnavailable). A 401 with a token
+// from IAM is retried once with a new token.
+//
+// A call that is not idempotent (cl.once) is repeated only when its
+// request cannot have been served: a 429, or a connection that was never
+// made. After any other failure it ends with an error matching
+// ErrOutcomeUnknown.
 func (c *Client) do(ctx context.Context, cl call, out any) (http.Header, error) {
 	var body []byte
 	if cl.body != nil {
@@ -137,7 +162,7 @@ func (c *Client) do(ctx context.Context, cl call, out any) (http.Header, error) 
 	var lastErr error
 	for attempt := 0; attempt < c.attempts; attempt++ {
 		if attempt > 0 {
-			if err := c.sleep(ctx, attempt, lastErr); err != nil {
+			if err := c.backoff(ctx, attempt, lastErr); err != nil {
 				return nil, lastErr
 			}
 		}
@@ -152,6 +177,9 @@ func (c *Client) do(ctx context.Context, cl call, out any) (http.Header, error) 
 			if errors.As(err, &ke) && !retryable(ke.StatusCode) {
 				return nil, err // IAM refused the API key
 			}
+			if cl.once && !errors.As(err, &ke) && !neverSent(err) {
+				return nil, fmt.Errorf("keyprotect %s: %w: %w: %w", cl.op, kms.ErrUnavailable, ErrOutcomeUnknown, err)
+			}
 			lastErr = fmt.Errorf("keyprotect %s: %w: %w", cl.op, kms.ErrUnavailable, err)
 			continue
 		case status >= 200 && status < 300:
@@ -163,7 +191,9 @@ func (c *Client) do(ctx context.Context, cl call, out any) (http.Header, error) 
 			return header, nil
 		}
 		e := parseError(cl.op, status, respBody, correlation)
-		e.retryAfter = header.Get("Retry-After")
+		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+			e.retryAfter = header.Get("Retry-After")
+		}
 		lastErr = e
 		if status == http.StatusUnauthorized && !reauthorized {
 			if inv, ok := c.tokens.(Invalidator); ok {
@@ -172,25 +202,35 @@ func (c *Client) do(ctx context.Context, cl call, out any) (http.Header, error) 
 				inv.Invalidate(token)
 				reauthorized = true
 				attempt--
-				e.retryAfter = "0"
+				e.immediate = true
 				continue
 			}
 		}
 		if !retryable(status) {
 			return nil, e
 		}
+		if cl.once && status != http.StatusTooManyRequests {
+			e.outcomeUnknown = true
+			return nil, e
+		}
 	}
 	return nil, lastErr
 }
 
+// neverSent reports whether a transport error proves that the request never
+// reached the server: the connection could not be made.
+func neverSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
 // attempt sends one request. It returns the token it used.
 func (c *Client) attempt(ctx context.Context, cl call, u string, body []byte, correlation string) (http.Header, int, []byte, string, error) {
-	select {
-	case c.inFlight <- struct{}{}:
-		defer func() { <-c.inFlight }()
-	case <-ctx.Done():
-		return nil, 0, nil, "", ctx.Err()
+	if err := c.inFlight.acquire(ctx); err != nil {
+		return nil, 0, nil, "", err
 	}
+	status := 0
+	defer func() { c.inFlight.release(status) }()
 	token, err := c.tokens.Token(ctx)
 	if err != nil {
 		return nil, 0, nil, "", err
@@ -227,32 +267,57 @@ func (c *Client) attempt(ctx context.Context, cl call, u string, body []byte, co
 	if err != nil {
 		return nil, 0, nil, token, err
 	}
+	status = resp.StatusCode
 	return resp.Header, resp.StatusCode, respBody, token, nil
 }
 
-// sleep waits before attempt (from 1), or fails if the wait would pass the
+// maxRetryAfter bounds a Retry-After wait when the context has no deadline.
+const maxRetryAfter = 5 * time.Minute
+
+// backoff waits before attempt (from 1): a random wait up to the
+// exponential backoff (full jitter), raised to the Retry-After of the last
+// answer if that is longer. It fails at once if the wait would pass the
 // context's deadline.
-func (c *Client) sleep(ctx context.Context, attempt int, lastErr error) error {
+func (c *Client) backoff(ctx context.Context, attempt int, lastErr error) error {
 	backoff := c.baseDelay << min(attempt-1, 20)
 	if backoff > c.maxDelay || backoff <= 0 {
 		backoff = c.maxDelay
 	}
 	wait := rand.N(backoff + 1) // full jitter
 	var e *Error
-	if errors.As(lastErr, &e) && e.retryAfter != "" {
-		if s, err := strconv.Atoi(e.retryAfter); err == nil && s >= 0 {
-			wait = min(time.Duration(s)*time.Second, c.maxDelay)
-		} else if t, err := http.ParseTime(e.retryAfter); err == nil {
-			wait = min(max(time.Until(t), 0), c.maxDelay)
+	if errors.As(lastErr, &e) {
+		if e.immediate {
+			wait = 0
+		} else if floor, ok := retryAfter(e.retryAfter, c.now()); ok {
+			wait = max(wait, min(floor, maxRetryAfter))
 		}
 	}
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+	if dl, ok := ctx.Deadline(); ok && dl.Sub(c.now()) < wait {
 		return context.DeadlineExceeded
 	}
 	if wait == 0 {
 		return ctx.Err()
 	}
-	t := time.NewTimer(wait)
+	return c.sleep(ctx, wait)
+}
+
+// retryAfter parses a Retry-After value: seconds, or an HTTP date.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
+		return time.Duration(min(s, 1<<20)) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}
+
+// sleepCtx waits for d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:

@@ -60,7 +60,9 @@ type Error struct {
 	// CorrelationID identifies the request in Key Protect's logs.
 	CorrelationID string
 
-	retryAfter string // the Retry-After header, if any
+	retryAfter     string // the Retry-After header of a 429 or 503, if any
+	immediate      bool   // retry at once (a refreshed token)
+	outcomeUnknown bool   // a call not to repeat failed after it may have been served
 }
 
 func (e *Error) Error() string {
@@ -113,6 +115,8 @@ func (e *Error) Is(target error) bool {
 		return e.StatusCode == http.StatusConflict
 	case ErrBadRequest:
 		return e.StatusCode == http.StatusBadRequest
+	case ErrOutcomeUnknown:
+		return e.outcomeUnknown
 	}
 	return false
 }

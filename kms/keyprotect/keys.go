@@ -3,6 +3,7 @@ package keyprotect
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"iter"
 	"net/http"
@@ -93,13 +94,30 @@ type CreateKeyRequest struct {
 }
 
 // CreateKey creates a key and returns it.
+//
+// A creation is not repeated after its request may have been served (a
+// lost answer, a 5xx), since names are not unique and a second key would
+// be made. With an alias, the one name that is unique in an instance, a
+// lost answer is reconciled: the key holding the first alias, if it has the
+// requested name, is the one created. Otherwise the error matches
+// [ErrOutcomeUnknown]: list the keys to see whether it was made.
 func (c *Client) CreateKey(ctx context.Context, r CreateKeyRequest) (*Key, error) {
 	k := Key{Type: keyType, Name: r.Name, Description: r.Description, Extractable: !r.Root, Aliases: r.Aliases}
 	if r.Payload != nil {
 		k.Payload = base64.StdEncoding.EncodeToString(r.Payload)
 	}
+	return c.createKey(ctx, "keys", k)
+}
+
+func (c *Client) createKey(ctx context.Context, path string, k Key) (*Key, error) {
 	var out collection[Key]
-	if _, err := c.do(ctx, call{op: "create key", method: http.MethodPost, path: "keys", body: newCollection(collectionKeys, k)}, &out); err != nil {
+	_, err := c.do(ctx, call{once: true, op: "create key", method: http.MethodPost, path: path, body: newCollection(collectionKeys, k)}, &out)
+	if errors.Is(err, ErrOutcomeUnknown) && len(k.Aliases) > 0 {
+		if got, gerr := c.GetKey(ctx, k.Aliases[0]); gerr == nil && got.Name == k.Name {
+			return got, nil
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	return first(out, "create key")
