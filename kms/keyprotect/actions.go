@@ -45,6 +45,11 @@ type Wrapped struct {
 // Wrap wraps dek with the root key id, bound to aad (which must be given
 // again, in the same order, to unwrap).
 func (c *Client) Wrap(ctx context.Context, id string, dek []byte, aad []string) (Wrapped, error) {
+	if len(dek) == 0 {
+		// Key Protect would make up a DEK of its own and wrap that: a caller
+		// who passed an empty slice by mistake would lose it.
+		return Wrapped{}, fmt.Errorf("keyprotect wrap: %w: the data key to wrap is empty", ErrBadRequest)
+	}
 	var r actionResult
 	body := actionBody{Plaintext: base64.StdEncoding.EncodeToString(dek), AAD: aad}
 	if err := c.action(ctx, id, "wrap", body, &r); err != nil {

@@ -292,7 +292,7 @@ func (c *Client) backoff(ctx context.Context, attempt int, lastErr error) error 
 			wait = max(wait, min(floor, maxRetryAfter))
 		}
 	}
-	if dl, ok := ctx.Deadline(); ok && dl.Sub(c.now()) < wait {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait { // deadlines are on the real clock
 		return context.DeadlineExceeded
 	}
 	if wait == 0 {

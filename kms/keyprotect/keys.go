@@ -230,14 +230,80 @@ func (c *Client) GetKey(ctx context.Context, id string) (*Key, error) {
 	return first(out, "get key")
 }
 
-// KeyVersions returns the versions of a key, newest first.
+// KeyVersions returns every version of a key, newest first, whatever the
+// key's state: the list is asked for with allKeyStates (without it a
+// suspended or expired key's versions are refused with a 409, though it
+// still unwraps), and paged through until the total the service reports.
 func (c *Client) KeyVersions(ctx context.Context, id string) ([]KeyVersion, error) {
-	var out collection[KeyVersion]
-	q := url.Values{"limit": {"5000"}}
-	if _, err := c.do(ctx, call{op: "list key versions", method: http.MethodGet, path: "keys/" + url.PathEscape(id) + "/versions", query: q}, &out); err != nil {
+	const page = 1000
+	var all []KeyVersion
+	for {
+		var out collection[KeyVersion]
+		q := url.Values{"limit": {strconv.Itoa(page)}, "offset": {strconv.Itoa(len(all))}, "allKeyStates": {"true"}, "totalCount": {"true"}}
+		if _, err := c.do(ctx, call{op: "list key versions", method: http.MethodGet, path: "keys/" + url.PathEscape(id) + "/versions", query: q}, &out); err != nil {
+			return nil, err
+		}
+		all = append(all, out.Resources...)
+		total := -1
+		if out.Metadata.TotalCount != nil {
+			total = *out.Metadata.TotalCount
+		}
+		if len(out.Resources) == 0 || len(out.Resources) < page && total < 0 || total >= 0 && len(all) >= total {
+			return all, nil
+		}
+		if len(all) > 1_000_000 {
+			return nil, fmt.Errorf("keyprotect list key versions: more than a million versions")
+		}
+	}
+}
+
+// GetKeyMetadata returns a key's metadata, never its payload.
+func (c *Client) GetKeyMetadata(ctx context.Context, id string) (*Key, error) {
+	var out collection[Key]
+	if _, err := c.do(ctx, call{op: "get key metadata", method: http.MethodGet, path: "keys/" + url.PathEscape(id) + "/metadata"}, &out); err != nil {
 		return nil, err
 	}
-	return out.Resources, nil
+	return first(out, "get key metadata")
+}
+
+// RestoreKey restores a deleted root key (within 30 days of its deletion,
+// and not in the first 30 seconds after it).
+func (c *Client) RestoreKey(ctx context.Context, id string) (*Key, error) {
+	var out collection[Key]
+	if _, err := c.do(ctx, call{op: "restore key", method: http.MethodPost, path: "keys/" + url.PathEscape(id) + "/restore"}, &out); err != nil {
+		return nil, err
+	}
+	return first(out, "restore key")
+}
+
+// PurgeKey purges a deleted key's material for good (at least 4 hours after
+// its deletion).
+func (c *Client) PurgeKey(ctx context.Context, id string) error {
+	_, err := c.do(ctx, call{op: "purge key", method: http.MethodDelete, path: "keys/" + url.PathEscape(id) + "/purge", prefer: "return=minimal"}, nil)
+	return err
+}
+
+// SetKeyForDeletion authorises the deletion of a key under a dual-auth
+// delete policy: a second user may then delete it within 7 days.
+func (c *Client) SetKeyForDeletion(ctx context.Context, id string) error {
+	return c.action(ctx, id, "setKeyForDeletion", nil, nil)
+}
+
+// UnsetKeyForDeletion withdraws an authorisation to delete.
+func (c *Client) UnsetKeyForDeletion(ctx context.Context, id string) error {
+	return c.action(ctx, id, "unsetKeyForDeletion", nil, nil)
+}
+
+// CreateAlias adds an alias to a key.
+func (c *Client) CreateAlias(ctx context.Context, id, alias string) error {
+	_, err := c.do(ctx, call{op: "create alias", method: http.MethodPost, path: "keys/" + url.PathEscape(id) + "/aliases/" + url.PathEscape(alias)}, nil)
+	return err
+}
+
+// DeleteAlias removes an alias from a key.
+func (c *Client) DeleteAlias(ctx context.Context, id, alias string) error {
+	_, err := c.do(ctx, call{op: "delete alias", method: http.MethodDelete, path: "keys/" + url.PathEscape(id) + "/aliases/" + url.PathEscape(alias)}, nil)
+	return err
 }
 
 // DeleteKey deletes a key. force deletes it even when it protects
