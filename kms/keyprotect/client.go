@@ -26,6 +26,7 @@ const maxResponse = 4 << 20
 // concurrent use.
 type Client struct {
 	base      *url.URL
+	service   Service
 	instance  string
 	keyRing   string
 	tokens    TokenSource
@@ -57,6 +58,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		base:      u,
+		service:   cfg.Service,
 		instance:  cfg.InstanceID,
 		keyRing:   cfg.KeyRing,
 		tokens:    cfg.Token,
