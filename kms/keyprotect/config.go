@@ -153,7 +153,13 @@ func CheckBaseURL(raw string) error {
 }
 
 // checkBaseURL requires https, except on loopback, and no path beyond "/".
+//
+// A value without a scheme, such as the host:port that an HPCS instance
+// publishes as its key-management endpoint, means https.
 func checkBaseURL(raw string) (*url.URL, error) {
+	if raw != "" && !strings.Contains(raw, "://") {
+		raw = "https://" + raw
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, fmt.Errorf("keyprotect: base URL %q: %v", raw, err)

@@ -134,6 +134,12 @@ type Route struct {
 	// IAMURL is IAM's base URL; empty means Config.IAMURL, or
 	// [DefaultIAMURL] when that is empty too.
 	IAMURL string
+	// Discover, for an HPCS CRN with no BaseURL, asks the HPCS broker for
+	// the instance's key-management endpoint ([DiscoverEndpoint]) instead
+	// of using the instance-based host. BrokerURL overrides the region's
+	// broker ([BrokerURL]).
+	Discover  bool
+	BrokerURL string
 }
 
 // Opener opens KEKs from key CRNs, with one client per endpoint and
@@ -149,9 +155,10 @@ type Opener struct {
 	Config Config
 	Route  func(CRN) (Route, error)
 
-	mu      sync.Mutex
-	tokens  map[string]TokenSource // by IAM base URL
-	clients map[string]*Client     // by API base URL and instance
+	mu         sync.Mutex
+	tokens     map[string]TokenSource // by IAM base URL
+	clients    map[string]*Client     // by API base URL and instance
+	discovered map[string]string      // HPCS endpoints, by broker and instance
 }
 
 // Open opens the KEK named by a key CRN. It has the signature of a
@@ -168,6 +175,24 @@ func (o *Opener) Open(ctx context.Context, uri string) (kms.KEK, error) {
 			return fail(err)
 		}
 	}
+	iam := route.IAMURL
+	if iam == "" {
+		iam = o.Config.IAMURL
+	}
+	if iam == "" {
+		iam = DefaultIAMURL
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	tokens, err := o.tokenSource(iam)
+	if err != nil {
+		return fail(err)
+	}
+	if route.BaseURL == "" && crn.Service == HPCS && route.Discover {
+		if route.BaseURL, err = o.discover(ctx, route.BrokerURL, crn, tokens); err != nil {
+			return fail(err)
+		}
+	}
 	if route.BaseURL == "" {
 		if route.BaseURL, err = Endpoint(crn.Service, crn.Region, crn.InstanceID, o.Config.Private); err != nil {
 			return fail(err)
@@ -177,37 +202,12 @@ func (o *Opener) Open(ctx context.Context, uri string) (kms.KEK, error) {
 	if err != nil {
 		return fail(err)
 	}
-	iam := route.IAMURL
-	if iam == "" {
-		iam = o.Config.IAMURL
-	}
-	if iam == "" {
-		iam = DefaultIAMURL
-	}
 	key := base.String() + "\x00" + crn.InstanceID
-	o.mu.Lock()
-	defer o.mu.Unlock()
 	c, ok := o.clients[key]
 	if !ok {
 		cfg := o.Config
 		cfg.InstanceID, cfg.Service, cfg.Region = crn.InstanceID, crn.Service, crn.Region
-		cfg.BaseURL, cfg.IAMURL = base.String(), iam
-		if cfg.Token == nil {
-			ts, ok := o.tokens[iam]
-			if !ok {
-				if cfg.APIKey == "" {
-					return fail(fmt.Errorf("%w: no API key (set IBMCLOUD_API_KEY)", kms.ErrPermissionDenied))
-				}
-				if ts, err = NewIAMTokenSource(cfg.APIKey, iam, cfg.HTTPClient, cfg.Now); err != nil {
-					return fail(err)
-				}
-				if o.tokens == nil {
-					o.tokens = map[string]TokenSource{}
-				}
-				o.tokens[iam] = ts
-			}
-			cfg.Token = ts
-		}
+		cfg.BaseURL, cfg.IAMURL, cfg.Token = base.String(), iam, tokens
 		if c, err = New(cfg); err != nil {
 			return fail(err)
 		}
@@ -217,6 +217,53 @@ func (o *Opener) Open(ctx context.Context, uri string) (kms.KEK, error) {
 		o.clients[key] = c
 	}
 	return &KEK{client: c, crn: crn}, nil
+}
+
+// tokenSource returns the token source for an IAM endpoint: Config.Token,
+// or one shared IAM token source per endpoint. o.mu is held.
+func (o *Opener) tokenSource(iam string) (TokenSource, error) {
+	if o.Config.Token != nil {
+		return o.Config.Token, nil
+	}
+	if ts, ok := o.tokens[iam]; ok {
+		return ts, nil
+	}
+	if o.Config.APIKey == "" {
+		return nil, fmt.Errorf("%w: no API key (set IBMCLOUD_API_KEY)", kms.ErrPermissionDenied)
+	}
+	ts, err := NewIAMTokenSource(o.Config.APIKey, iam, o.Config.HTTPClient, o.Config.Now)
+	if err != nil {
+		return nil, err
+	}
+	if o.tokens == nil {
+		o.tokens = map[string]TokenSource{}
+	}
+	o.tokens[iam] = ts
+	return ts, nil
+}
+
+// discover finds an HPCS instance's endpoint through its broker, once per
+// broker and instance. o.mu is held.
+func (o *Opener) discover(ctx context.Context, broker string, crn CRN, tokens TokenSource) (string, error) {
+	if broker == "" {
+		var err error
+		if broker, err = BrokerURL(crn.Region); err != nil {
+			return "", err
+		}
+	}
+	key := broker + "\x00" + crn.InstanceID
+	if ep, ok := o.discovered[key]; ok {
+		return ep, nil
+	}
+	ep, err := DiscoverEndpoint(ctx, o.Config.HTTPClient, broker, crn.InstanceID, tokens, o.Config.Private)
+	if err != nil {
+		return "", err
+	}
+	if o.discovered == nil {
+		o.discovered = map[string]string{}
+	}
+	o.discovered[key] = ep
+	return ep, nil
 }
 
 // Environment variables read by [ConfigFromEnv], after IBM Cloud's

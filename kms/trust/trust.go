@@ -105,6 +105,12 @@ type Instance struct {
 	// IAMEndpoint is IAM's base URL for the instance's tokens; empty means
 	// the user's IBMCLOUD_IAM_ENDPOINT, or else IBM's public IAM.
 	IAMEndpoint string `json:"iam_endpoint,omitempty"`
+	// Discover, for an HPCS instance without Endpoint, asks the HPCS broker
+	// for the instance's key-management endpoint (kms.public, or
+	// kms.private), as the HPCS set-up page advises. BrokerEndpoint
+	// overrides the region's broker, https://REGION.broker.hs-crypto.cloud.ibm.com.
+	Discover       bool   `json:"discover,omitempty"`
+	BrokerEndpoint string `json:"broker_endpoint,omitempty"`
 }
 
 // ErrInvalidConfig means a trust configuration is malformed.
@@ -158,6 +164,14 @@ func Parse(data []byte) (*Config, error) {
 			if err := keyprotect.CheckBaseURL(in.IAMEndpoint); err != nil {
 				return bad("instances[%d].iam_endpoint: want https://HOST[:PORT] (http only on loopback)", i)
 			}
+		}
+		if in.BrokerEndpoint != "" {
+			if err := keyprotect.CheckBaseURL(in.BrokerEndpoint); err != nil {
+				return bad("instances[%d].broker_endpoint: want https://HOST[:PORT] (http only on loopback)", i)
+			}
+		}
+		if (in.Discover || in.BrokerEndpoint != "") && in.Service != keyprotect.HPCS {
+			return bad("instances[%d]: discover and broker_endpoint are for hs-crypto instances", i)
 		}
 	}
 	for i, p := range c.LocalKeys {
@@ -252,6 +266,9 @@ func (p *Policy) Route(crn keyprotect.CRN) (keyprotect.Route, error) {
 		}
 		if in.IAMEndpoint != "" {
 			r.IAMURL = in.IAMEndpoint
+		}
+		if in.Endpoint == "" && in.Discover {
+			r.BaseURL, r.Discover, r.BrokerURL = "", true, in.BrokerEndpoint
 		}
 	}
 	return r, nil
