@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-
 )
 
 // An HPCS instance's endpoint comes from its broker, as host:port with no

@@ -187,4 +187,3 @@ func (c *Client) RotateImported(ctx context.Context, id string, material []byte)
 	}
 	return c.rotate(ctx, id, f)
 }
-
