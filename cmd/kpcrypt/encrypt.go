@@ -25,8 +25,8 @@ import (
 // (KPCRYPT_PKCS11_MODULE, KPCRYPT_PKCS11_PIN), through the process's one
 // provider.
 func (u *ui) newResolver() kms.Resolver {
-	kp := &keyprotect.Opener{Config: keyprotect.ConfigFromEnv(os.Getenv), Route: u.route}
-	return kms.Resolver{local.Scheme: local.Open, keyprotect.Scheme: kp.Open, pkcs11.Scheme: u.openPKCS11}
+	u.kp = &keyprotect.Opener{Config: keyprotect.ConfigFromEnv(os.Getenv), Route: u.route}
+	return kms.Resolver{local.Scheme: local.Open, keyprotect.Scheme: u.kp.Open, pkcs11.Scheme: u.openPKCS11}
 }
 
 func cmdEncrypt(ctx context.Context, u *ui, args []string) error {

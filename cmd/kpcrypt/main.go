@@ -12,6 +12,7 @@
 //	kpcrypt keygen --rotate PATH
 //	kpcrypt keygen --pkcs11 URI
 //	kpcrypt keygen --rotate-pkcs11 URI
+//	kpcrypt key COMMAND ...   (Key Protect and HPCS keys: create, import, list, show, rotate, ...)
 //
 // IN and OUT default to standard input and output; "-" means the same.
 // Outputs are written atomically: nothing is left at OUT after a failure.
@@ -62,6 +63,9 @@ Usage:
   kpcrypt keygen --rotate PATH
   kpcrypt keygen --pkcs11 URI
   kpcrypt keygen --rotate-pkcs11 URI
+  kpcrypt key COMMAND ...      Key Protect and HPCS keys: create, import, list,
+                               show, versions, rotate, enable, disable, delete,
+                               restore, policy ("kpcrypt key -h")
 
 IN and OUT default to standard input and output; "-" means the same.
 Run "kpcrypt COMMAND -h" for the options of a command.
@@ -123,6 +127,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdRewrap(ctx, ui, rest)
 	case "scan":
 		err = cmdScan(ctx, ui, rest)
+	case "key":
+		err = cmdKey(ctx, ui, rest)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

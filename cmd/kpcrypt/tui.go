@@ -13,6 +13,7 @@ import (
 
 	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
 	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 	"github.com/kpcrypt/kpcrypt/kms/trust"
 )
@@ -33,6 +34,8 @@ type ui struct {
 	// trustErr is set when the configuration could not be read.
 	policy   *trust.Policy
 	trustErr error
+	// kp opens Key Protect and HPCS keys and clients, one per endpoint.
+	kp *keyprotect.Opener
 }
 
 // errorf prints a failure on stderr as one line, through safeText: errors

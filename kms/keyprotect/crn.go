@@ -78,5 +78,27 @@ func ParseCRN(s string) (CRN, error) {
 	return CRN{Service: svc, Region: f[5], Account: acct, InstanceID: f[7], KeyID: f[9], raw: s}, nil
 }
 
+// ParseInstanceCRN parses the CRN of a Key Protect or HPCS service
+// instance, crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:: (what the
+// IBM Cloud console shows), under the rules of [ParseCRN]. A key CRN is
+// accepted too, and stands for its instance. The result has no KeyID.
+func ParseInstanceCRN(s string) (CRN, error) {
+	if f := strings.Split(s, ":"); len(f) == 10 && f[8] == "" && f[9] == "" {
+		c, err := ParseCRN(strings.Join(f[:8], ":") + ":key:" + "0000000000000000")
+		if err != nil {
+			return CRN{}, err
+		}
+		c.KeyID, c.raw = "", s
+		return c, nil
+	}
+	c, err := ParseCRN(s)
+	if err != nil {
+		return CRN{}, err
+	}
+	c.KeyID = ""
+	c.raw = strings.Join(strings.Split(s, ":")[:8], ":") + "::"
+	return c, nil
+}
+
 // String returns the CRN as it was parsed.
 func (c CRN) String() string { return c.raw }

@@ -168,7 +168,18 @@ func (o *Opener) Open(ctx context.Context, uri string) (kms.KEK, error) {
 	if err != nil {
 		return nil, &kms.Error{Op: "open", URI: "crn:…", Err: err}
 	}
-	fail := func(err error) (kms.KEK, error) { return nil, &kms.Error{Op: "open", URI: uri, Err: err} }
+	c, err := o.Client(ctx, crn)
+	if err != nil {
+		return nil, &kms.Error{Op: "open", URI: uri, Err: err}
+	}
+	return &KEK{client: c, crn: crn}, nil
+}
+
+// Client returns the client for crn's instance, routed as Open routes it.
+// crn may be a key CRN or an instance CRN ([ParseInstanceCRN]).
+func (o *Opener) Client(ctx context.Context, crn CRN) (*Client, error) {
+	var err error
+	fail := func(err error) (*Client, error) { return nil, err }
 	route := Route{BaseURL: o.Config.BaseURL}
 	if o.Route != nil {
 		if route, err = o.Route(crn); err != nil {
@@ -216,7 +227,7 @@ func (o *Opener) Open(ctx context.Context, uri string) (kms.KEK, error) {
 		}
 		o.clients[key] = c
 	}
-	return &KEK{client: c, crn: crn}, nil
+	return c, nil
 }
 
 // tokenSource returns the token source for an IAM endpoint: Config.Token,
