@@ -111,7 +111,7 @@ func TestKeyCommands(t *testing.T) {
 	// Usage.
 	run("bogus").expect(t, 2, "unknown command")
 	run("rotate").expect(t, 2, "give one KEY")
-	run("create", "--instance", "crn:v1:bluemix:public:kms:evil.example#:a/x:" + instance + "::", "--name", "x").expect(t, 2)
+	run("create", "--instance", "crn:v1:bluemix:public:kms:evil.example#:a/x:"+instance+"::", "--name", "x").expect(t, 2)
 	if r := kpEnv(t, dir, env, nil, "key", "-h"); r.code != 0 || !strings.Contains(string(r.stdout), "Commands:") {
 		t.Fatalf("key -h: %d\n%s", r.code, r.stdout)
 	}
