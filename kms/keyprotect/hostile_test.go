@@ -213,3 +213,24 @@ func TestNoRedirects(t *testing.T) {
 		t.Fatalf("the redirect target received %d requests", n)
 	}
 }
+
+func TestParseInstanceCRN(t *testing.T) {
+	for _, s := range []string{
+		"crn:v1:bluemix:public:kms:us-south:a/acc:" + hostileInstance + "::",
+		"crn:v1:bluemix:public:kms:us-south:a/acc:" + hostileInstance + ":key:k1",
+	} {
+		c, err := ParseInstanceCRN(s)
+		if err != nil || c.InstanceID != hostileInstance || c.Region != "us-south" || c.KeyID != "" || c.String() != "crn:v1:bluemix:public:kms:us-south:a/acc:"+hostileInstance+"::" {
+			t.Errorf("ParseInstanceCRN(%q) = %+v, %v", s, c, err)
+		}
+	}
+	for _, bad := range []string{
+		"crn:v1:bluemix:public:kms:evil.example#:a/acc:" + hostileInstance + "::",
+		"crn:v1:bluemix:public:kms:us-south:a/acc:x::",
+		"crn:v1:bluemix:public:kms:us-south:a/acc:" + hostileInstance + ":key:",
+	} {
+		if _, err := ParseInstanceCRN(bad); !errors.Is(err, kms.ErrInvalidURI) {
+			t.Errorf("ParseInstanceCRN(%q) = %v", bad, err)
+		}
+	}
+}
