@@ -237,3 +237,12 @@ func TestSafeText(t *testing.T) {
 		}
 	}
 }
+
+// A PIN with spaces in it is redacted whole.
+func TestPINWithSpacesRedacted(t *testing.T) {
+	dir := t.TempDir()
+	r := kp(t, dir, nil, "keygen", "--pkcs11", "pkcs11:token=T;object=k?pin-value=correct horse battery")
+	if r.code == 0 || bytes.Contains(r.stderr, []byte("horse")) || bytes.Contains(r.stderr, []byte("battery")) || bytes.Contains(r.stderr, []byte("correct")) {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}

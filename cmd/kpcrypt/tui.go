@@ -55,6 +55,17 @@ func (u *ui) infof(format string, args ...any) {
 // included, is escaped, so that text from outside can neither drive the
 // terminal nor print lines of its own.
 func safeText(s string) string {
+	if kms.HasPINValue(s) {
+		// A PIN may hold spaces, so the words after it are not safe to
+		// keep: redact each clause of the message (they are joined by
+		// ": ") as one URI, which drops everything from the value to the
+		// next attribute or the end of the clause.
+		clauses := strings.Split(s, ": ")
+		for i, c := range clauses {
+			clauses[i] = kms.RedactURI(c)
+		}
+		s = strings.Join(clauses, ": ")
+	}
 	words := strings.Split(s, " ")
 	for i, w := range words {
 		// A URI already redacted, followed by punctuation of the message
