@@ -25,7 +25,7 @@ func TestOutputDeviceAndFIFO(t *testing.T) {
 			t.Fatal(err)
 		}
 		kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "--force", "-o", "null", "f.kpc").expect(t, 0)
-		kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "null", "f.kpc").expect(t, 0)
+		kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "null", "f.kpc").expect(t, 1, "file exists")
 		if fi, err := os.Lstat(null); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
 			t.Fatalf("the device node was replaced: %v %v", fi.Mode(), err)
 		}
@@ -53,6 +53,44 @@ func TestOutputDeviceAndFIFO(t *testing.T) {
 	}
 	if fi, err := os.Lstat(fifo); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
 		t.Fatalf("the FIFO was replaced: %v %v", fi.Mode(), err)
+	}
+}
+
+// A named pipe someone else made where the output goes (in /tmp, say) must
+// not receive plaintext or a key without --force: a reader on the other end
+// would get it.
+func TestOutputPlantedFIFO(t *testing.T) {
+	dir, _ := setup(t, 10_000)
+	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "-o", "f.kpc", "plain.bin").expect(t, 0)
+	for _, name := range []string{"plain.txt", "kek2.json"} {
+		fifo := filepath.Join(dir, name)
+		if err := syscall.Mkfifo(fifo, 0o666); err != nil {
+			t.Fatal(err)
+		}
+		// Held open for reading and writing, so that a writer would not
+		// block: whatever it wrote would wait here.
+		f, err := os.OpenFile(fifo, os.O_RDWR|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+	}
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "plain.txt", "f.kpc").expect(t, 1, "file exists")
+	kp(t, dir, nil, "keygen", "-o", "kek2.json").expect(t, 1)
+	os.Symlink("plain.txt", filepath.Join(dir, "link.txt"))
+	kp(t, dir, nil, "decrypt", "--kek", "local:kek.json", "-o", "link.txt", "f.kpc").expect(t, 1, "file exists")
+	for _, name := range []string{"plain.txt", "kek2.json"} {
+		// A raw non-blocking read: EAGAIN when nothing was written.
+		fd, err := syscall.Open(filepath.Join(dir, name), syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1)
+		n, _ := syscall.Read(fd, buf)
+		syscall.Close(fd)
+		if n > 0 {
+			t.Fatalf("%s received data", name)
+		}
 	}
 }
 

@@ -116,21 +116,36 @@ func tempName(base string) string {
 
 // Create starts writing path atomically. The file is created with the
 // permissions perm, to which the umask applies (as for [os.OpenFile]).
-// Unless overwrite is set, it fails with [ErrExists] if path exists, and
-// Commit fails the same way if path appears in the meantime.
+// Unless overwrite is set, it fails with [ErrExists] if anything exists at
+// path (a file, a link, a named pipe, a device), and Commit fails the same
+// way if path appears in the meantime.
 //
-// A path that is a symbolic link stands for the file it resolves to, which
-// is replaced atomically (the link stays a link); a dangling link is
-// refused. A path that is a device or a named pipe (/dev/null, a FIFO) is
-// written through, never replaced, overwrite or not: Commit and Abort only
-// close it, and what was written before an Abort stays written. A directory
-// is refused.
+// With overwrite, an existing path that is a symbolic link stands for the
+// file it resolves to, which is replaced atomically (the link stays a
+// link), except for a link that another user planted in a sticky directory
+// that others may write to (/tmp), which is refused, as the kernel's
+// protected_symlinks would; a dangling link is refused. An existing device
+// or named pipe is written through, never replaced: Commit and Abort only
+// close it, and what was written before an Abort stays written. A
+// directory is refused.
 //
 // Create first removes the stale temporary files of dead writers from the
 // directory, where it can tell them (see the package documentation).
 func Create(path string, perm fs.FileMode, overwrite bool) (*File, error) {
+	return create(path, perm, overwrite, overwrite)
+}
+
+// create is Create; through allows writing through a device or a named
+// pipe (never for key material: see WriteFile).
+func create(path string, perm fs.FileMode, overwrite, through bool) (*File, error) {
 	if fi, err := os.Lstat(path); err == nil {
+		if !overwrite {
+			return nil, fmt.Errorf("%s: %w (use --force to overwrite)", path, ErrExists)
+		}
 		if fi.Mode()&fs.ModeSymlink != 0 {
+			if err := checkPlantedLink(path, fi); err != nil {
+				return nil, err
+			}
 			resolved, err := filepath.EvalSymlinks(path)
 			if err != nil {
 				return nil, fmt.Errorf("%s is a symbolic link that leads nowhere: %w", path, err)
@@ -144,13 +159,16 @@ func Create(path string, perm fs.FileMode, overwrite bool) (*File, error) {
 		case fi.IsDir():
 			return nil, fmt.Errorf("%s is a directory: name a file in it", path)
 		case fi.Mode()&(fs.ModeDevice|fs.ModeCharDevice|fs.ModeNamedPipe) != 0:
+			if !through {
+				return nil, fmt.Errorf("%s is not a regular file: refusing to write it", path)
+			}
 			f, err := os.OpenFile(path, os.O_WRONLY, 0)
 			if err != nil {
 				return nil, err
 			}
 			return &File{File: f, target: path, through: true}, nil
-		case !overwrite:
-			return nil, fmt.Errorf("%s: %w (use --force to overwrite)", path, ErrExists)
+		case !fi.Mode().IsRegular():
+			return nil, fmt.Errorf("%s is not a regular file: refusing to replace it", path)
 		}
 	}
 	dir, base := filepath.Split(path)
@@ -305,9 +323,11 @@ func (f *File) Abort() {
 }
 
 // WriteFile writes data to path atomically, as [Create] and
-// [File.Commit] do.
+// [File.Commit] do, except that it never writes through a device or a
+// named pipe: it is for files whose content must land in a file of mode
+// perm (key files), never in a reader's hands.
 func WriteFile(path string, data []byte, perm fs.FileMode, overwrite bool) error {
-	f, err := Create(path, perm, overwrite)
+	f, err := create(path, perm, overwrite, false)
 	if err != nil {
 		return err
 	}
