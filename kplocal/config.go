@@ -27,6 +27,12 @@ const (
 	DefaultMinRotationInterval = time.Hour
 )
 
+// Service names for Config.Service.
+const (
+	ServiceKeyProtect = "kms"
+	ServiceHPCS       = "hs-crypto"
+)
+
 // MaxBodyBytes bounds the body of an /api/v2 request. A larger body is
 // answered 400 BAD_BODY_ERR. (Token requests are bounded to 64 KiB.)
 const MaxBodyBytes = 1 << 20
@@ -38,12 +44,22 @@ type Config struct {
 	// their bluemix-instance header. Empty means a random v4 UUID.
 	InstanceID string
 
-	// APIKey is the only API key the IAM token endpoint accepts. Empty means
-	// a random key; read it back with [Server.Config].
+	// APIKey is the API key whose tokens may use InstanceID. Empty means a
+	// random key; read it back with [Server.Config].
 	APIKey string
 
+	// Accounts are further API keys, each with its own instances (which
+	// may include InstanceID). See [Account].
+	Accounts []Account
+
+	// Service is the service name written into CRNs: [ServiceKeyProtect]
+	// ("kms", the default) or [ServiceHPCS] ("hs-crypto"). An HPCS server
+	// also accepts RSAES_OAEP_SHA_1 for secure import and serves the HPCS
+	// broker's endpoint lookup, GET /crypto_v2/instances/{instance_id}.
+	Service string
+
 	// Region and Account are the region and account ID used in CRNs
-	// (crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:key:KEYID).
+	// (crn:v1:bluemix:public:SERVICE:REGION:a/ACCOUNT:INSTANCE:key:KEYID).
 	// Empty means [DefaultRegion] and [DefaultAccount].
 	Region  string
 	Account string
@@ -81,6 +97,12 @@ type Config struct {
 	// (the kplocal command does so unless told otherwise).
 	MinRotationInterval time.Duration
 
+	// ImportKeyBits is the size of each instance's RSA import (transport)
+	// key, made on the instance's first import token or locker. Zero means
+	// [DefaultImportKeyBits] (4096, as Key Protect); 2048 and 3072 are
+	// accepted too and make tests faster.
+	ImportKeyBits int
+
 	// Now is the server's clock. It decides token expiry, key expiry and
 	// every time-based rule (rotation interval, the 30 s enable and restore
 	// rules, the 4 h purge rule, the 30 d restore window, the 7 d dual
@@ -111,6 +133,13 @@ func (c Config) withDefaults() (Config, error) {
 	if c.APIKey == "" {
 		c.APIKey = randomToken(32)
 	}
+	switch c.Service {
+	case "":
+		c.Service = ServiceKeyProtect
+	case ServiceKeyProtect, ServiceHPCS:
+	default:
+		return c, fmt.Errorf("kplocal: service %q is neither %q nor %q", c.Service, ServiceKeyProtect, ServiceHPCS)
+	}
 	if c.Region == "" {
 		c.Region = DefaultRegion
 	}
@@ -134,6 +163,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TokenTTL < time.Second {
 		return c, fmt.Errorf("kplocal: token TTL %v is shorter than one second", c.TokenTTL)
+	}
+	switch c.ImportKeyBits {
+	case 0:
+		c.ImportKeyBits = DefaultImportKeyBits
+	case 2048, 3072, 4096:
+	default:
+		return c, fmt.Errorf("kplocal: import key size %d is not 2048, 3072 or 4096 bits", c.ImportKeyBits)
 	}
 	if c.MinRotationInterval < 0 {
 		return c, errors.New("kplocal: minimum rotation interval must not be negative")

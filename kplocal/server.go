@@ -29,9 +29,12 @@ type Server struct {
 
 	inFlight atomic.Int64 // /api/v2 requests being served
 
-	mu      sync.Mutex
-	keys    map[string]*key   // by key ID
-	aliases map[string]string // alias -> key ID
+	principals []principal // callers; principals[0] is Config's APIKey
+
+	mu        sync.Mutex
+	instances map[string]*instance // by instance ID
+	keys      map[string]*key      // by key ID, every instance's
+	aliases   map[string]string    // aliasKey(instance, alias) -> key ID
 }
 
 // New returns a Server for cfg. With cfg.StateFile set it loads the file if
@@ -43,11 +46,17 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	principals, instances, err := setupAccounts(cfg)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
-		cfg:     cfg,
-		rng:     rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x6b706c6f63616c)), // "kplocal"
-		keys:    make(map[string]*key),
-		aliases: make(map[string]string),
+		cfg:        cfg,
+		rng:        rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x6b706c6f63616c)), // "kplocal"
+		principals: principals,
+		instances:  instances,
+		keys:       make(map[string]*key),
+		aliases:    make(map[string]string),
 	}
 	if cfg.StateFile != "" {
 		loaded, err := s.load()
@@ -70,14 +79,27 @@ func New(cfg Config) (*Server, error) {
 // test can read back a generated instance ID or API key.
 func (s *Server) Config() Config { return s.cfg }
 
-// KeyCRN returns the CRN of the key with the given ID in this instance:
-// crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:key:KEYID.
+// KeyCRN returns the CRN of the key with the given ID:
+// crn:v1:bluemix:public:SERVICE:REGION:a/ACCOUNT:INSTANCE:key:KEYID, where
+// SERVICE is Config.Service and INSTANCE the key's instance (the primary
+// instance, Config.InstanceID, for an unknown key).
 func (s *Server) KeyCRN(keyID string) string {
-	return s.crn("key", keyID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inst := s.cfg.InstanceID
+	if k := s.keys[keyID]; k != nil {
+		inst = k.Instance
+	}
+	return s.crn(inst, "key", keyID)
 }
 
-func (s *Server) crn(kind, id string) string {
-	return fmt.Sprintf("crn:v1:bluemix:public:kms:%s:a/%s:%s:%s:%s", s.cfg.Region, s.cfg.Account, s.cfg.InstanceID, kind, id)
+// crn returns the CRN of a resource of an instance.
+func (s *Server) crn(instanceID, kind, id string) string {
+	account := s.cfg.Account
+	if inst := s.instances[instanceID]; inst != nil {
+		account = inst.account
+	}
+	return fmt.Sprintf("crn:v1:bluemix:public:%s:%s:a/%s:%s:%s:%s", s.cfg.Service, s.cfg.Region, account, instanceID, kind, id)
 }
 
 func (s *Server) now() time.Time { return s.cfg.Now() }
@@ -133,11 +155,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // call is one routed /api/v2 request.
 type call struct {
-	r     *http.Request
-	ref   string // key ID or alias from the path
-	alias string // alias path segment of /keys/{id}/aliases/{alias}
-	body  []byte // nil when the request has no body
-	now   time.Time
+	r      *http.Request
+	inst   *instance // the bluemix-instance
+	caller string    // IAM ID of the token's API key
+	ref    string    // key ID or alias from the path
+	alias  string    // alias path segment of /keys/{id}/aliases/{alias}
+	body   []byte    // nil when the request has no body
+	now    time.Time
 }
 
 // reply is a successful answer: a status and an optional JSON body.
@@ -157,19 +181,22 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) (int, string) 
 		return status, "fault"
 	}
 	now := s.now()
-	if !s.validToken(r.Header.Get("authorization"), now) {
+	claims, ok := s.validToken(r.Header.Get("authorization"), now)
+	if !ok {
 		s.counters.unauthorized.Add(1)
 		return writeError(w, errUnauthorized()), ""
 	}
-	switch inst := r.Header.Get("bluemix-instance"); {
-	case inst == "":
+	instID := r.Header.Get("bluemix-instance")
+	if instID == "" {
 		return writeError(w, plainError(http.StatusBadRequest, "Missing required header: bluemix-instance")), ""
-	case inst != s.cfg.InstanceID:
+	}
+	inst := s.instances[instID] // never changes after New: no lock needed
+	if inst == nil || !slices.Contains(claims.Instances, instID) {
 		s.counters.unauthorized.Add(1)
 		return writeError(w, errUnauthorized()), ""
 	}
 
-	c := &call{r: r, now: now}
+	c := &call{r: r, now: now, inst: inst, caller: claims.Sub}
 	o, h, err := s.route(c)
 	if err != nil {
 		return writeError(w, err), ""
@@ -200,6 +227,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) (int, string) 
 		w.Header().Set(name, v)
 	}
 	if rep.body == nil {
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		}
 		w.WriteHeader(rep.status)
 		return rep.status, o.String()
 	}
@@ -228,6 +258,32 @@ func (s *Server) route(c *call) (op, handlerFunc, *apiError) {
 			http.MethodHead: {opCount, s.countKeys},
 			http.MethodPost: {opCreate, func(c *call) (reply, error) { return s.createKey(c, false) }},
 		}
+	case len(segs) == 1 && segs[0] == "key_rings":
+		m = methods{http.MethodGet: {opListKeyRings, s.listKeyRings}}
+	case len(segs) == 2 && segs[0] == "key_rings":
+		c.ref = segs[1]
+		m = methods{
+			http.MethodPost:   {opCreateKeyRing, s.createKeyRing},
+			http.MethodDelete: {opDeleteKeyRing, s.deleteKeyRing},
+		}
+	case len(segs) == 2 && segs[0] == "instance" && segs[1] == "policies":
+		m = methods{
+			http.MethodGet: {opGetInstancePolicies, s.getInstancePolicies},
+			http.MethodPut: {opPutInstancePolicies, s.putInstancePolicies},
+		}
+	case len(segs) == 1 && segs[0] == "import_token":
+		m = methods{
+			http.MethodPost: {opCreateImportToken, s.createImportToken},
+			http.MethodGet:  {opGetImportToken, s.getImportToken},
+		}
+	case len(segs) == 1 && segs[0] == "lockers":
+		m = methods{
+			http.MethodPost: {opCreateLocker, s.createLocker},
+			http.MethodGet:  {opListLockers, s.listLockers},
+		}
+	case len(segs) == 2 && segs[0] == "lockers":
+		c.ref = segs[1]
+		m = methods{http.MethodGet: {opGetLocker, s.getLocker}}
 	case len(segs) == 1 && segs[0] == "keys_with_policy_overrides":
 		m = methods{http.MethodPost: {opCreate, func(c *call) (reply, error) { return s.createKey(c, true) }}}
 	case len(segs) >= 2 && segs[0] == "keys":
