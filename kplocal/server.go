@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -196,6 +197,11 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) (int, string) 
 		return writeError(w, errUnauthorized()), ""
 	}
 
+	if !s.allowedFrom(inst, r.RemoteAddr) {
+		s.counters.unauthorized.Add(1)
+		return writeError(w, errUnauthorized()), ""
+	}
+
 	c := &call{r: r, now: now, inst: inst, caller: claims.Sub}
 	o, h, err := s.route(c)
 	if err != nil {
@@ -235,6 +241,19 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) (int, string) 
 	}
 	writeJSON(w, rep.status, rep.body)
 	return rep.status, o.String()
+}
+
+// allowedFrom reports whether the instance's allowedIP policy lets a
+// request from remoteAddr (host:port) through. Key Protect answers a denied
+// address 401.
+func (s *Server) allowedFrom(inst *instance, remoteAddr string) bool {
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		return true // not an IP connection (a test's fake address): nothing to judge
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return inst.allowsIP(ap.Addr())
 }
 
 // route maps a request to its operation and handler.
