@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 )
@@ -73,16 +74,27 @@ type Config struct {
 	StateFile string
 
 	// FaultRate is the share, in [0, 1], of /api/v2 requests that are not
-	// served but answered 429 (with Retry-After: 0) or 503, each with a Key
-	// Protect error body. Zero disables fault injection.
+	// served but answered 429 or 503 (with a Retry-After of RetryAfter),
+	// each with a Key Protect error body, before authentication. Zero
+	// disables this global fault injection; see Faults for finer faults.
 	FaultRate float64
+
+	// Faults are per-operation fault rules (after-serving faults,
+	// connection resets, slow bodies…) applied to authenticated requests
+	// that FaultRate spared. See [Fault].
+	Faults []Fault
+
+	// RetryAfter is the Retry-After header, in whole seconds rounded up, of
+	// FaultRate's and MaxConcurrent's 429 and 503 answers and of Faults
+	// that set none. Zero sends "Retry-After: 0", as Key Protect does.
+	RetryAfter time.Duration
 
 	// Latency is added to every request before it is served.
 	Latency time.Duration
 
 	// MaxConcurrent, when positive, is a rate limit: at most that many
 	// /api/v2 requests are served at once, and one more is answered 429
-	// (Retry-After: 0) with a Key Protect error body, as a busy instance
+	// (Retry-After: RetryAfter) with a Key Protect error body, as a busy instance
 	// answers a storm of requests. Stats.RateLimited counts them.
 	MaxConcurrent int
 
@@ -154,6 +166,16 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if !(c.FaultRate >= 0 && c.FaultRate <= 1) { // also rejects NaN
 		return c, fmt.Errorf("kplocal: fault rate %v is not in [0, 1]", c.FaultRate)
+	}
+	c.Faults = slices.Clone(c.Faults) // the caller's slice may change
+	c.Accounts = slices.Clone(c.Accounts)
+	for _, f := range c.Faults {
+		if err := f.check(); err != nil {
+			return c, err
+		}
+	}
+	if c.RetryAfter < 0 {
+		return c, errors.New("kplocal: retry-after must not be negative")
 	}
 	if c.Latency < 0 {
 		return c, errors.New("kplocal: latency must not be negative")

@@ -25,8 +25,9 @@ type Server struct {
 	tokenSecret []byte
 	counters    counters
 
-	rngMu sync.Mutex
-	rng   *rand.Rand // decides injected faults; seeded from Config.Seed
+	rngMu     sync.Mutex
+	rng       *rand.Rand // decides injected faults; seeded from Config.Seed
+	faultHits []int      // per Config.Faults rule: requests it has faulted
 
 	inFlight atomic.Int64 // /api/v2 requests being served
 
@@ -55,6 +56,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:        cfg,
 		rng:        rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x6b706c6f63616c)), // "kplocal"
 		principals: principals,
+		faultHits:  make([]int, len(cfg.Faults)),
 		instances:  instances,
 		keys:       make(map[string]*key),
 		aliases:    make(map[string]string),
@@ -121,7 +123,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if max := s.cfg.MaxConcurrent; max > 0 && n > int64(max) {
 			s.counters.requests.Add(1)
 			s.counters.rateLimited.Add(1)
-			w.Header().Set("Retry-After", "0")
+			w.Header().Set("Retry-After", retryAfter(s.cfg.RetryAfter))
 			writeError(w, plainError(http.StatusTooManyRequests,
 				"Too many requests: Please wait a few minutes and try again"))
 			return
@@ -207,6 +209,15 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) (int, string) 
 	if err != nil {
 		return writeError(w, err), ""
 	}
+	fault := s.pickFault(o)
+	if fault != nil && !fault.afterServing() {
+		s.counters.faults.Add(1)
+		if fault.Mode == FaultReset {
+			resetConnection(w)
+			return 0, "fault"
+		}
+		return s.writeFaultStatus(w, fault), "fault"
+	}
 	s.count(o)
 	if r.Body != nil && r.Method != http.MethodGet && r.Method != http.MethodHead {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
@@ -219,6 +230,21 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) (int, string) 
 		}
 	}
 	rep, herr := h(c)
+	if fault != nil {
+		s.counters.faults.Add(1)
+		switch fault.Mode {
+		case FaultStatusAfterServing:
+			return s.writeFaultStatus(w, fault), o.String()
+		case FaultResetAfterServing:
+			resetConnection(w)
+			return 0, o.String()
+		case FaultSlowBody:
+			if herr == nil {
+				writeSlowly(r.Context(), w, rep, fault.SlowBodyDelay)
+				return rep.status, o.String()
+			}
+		}
+	}
 	if herr != nil {
 		var aerr *apiError
 		if !errors.As(herr, &aerr) {
@@ -423,7 +449,7 @@ func (s *Server) injectFault(w http.ResponseWriter) (int, bool) {
 		return 0, false
 	}
 	s.counters.faults.Add(1)
-	w.Header().Set("Retry-After", "0")
+	w.Header().Set("Retry-After", retryAfter(s.cfg.RetryAfter))
 	if tooMany {
 		return writeError(w, plainError(http.StatusTooManyRequests,
 			"Too many requests: Please wait a few minutes and try again (fault injected by kplocal)")), true

@@ -70,7 +70,7 @@ func (o op) String() string { return opNames[o] }
 // succeeded.
 type Stats struct {
 	Requests     int64 // all /api/v2 requests
-	Faults       int64 // /api/v2 requests answered with an injected 429 or 503
+	Faults       int64 // /api/v2 requests given an injected fault (FaultRate or Faults)
 	Unauthorized int64 // /api/v2 requests answered 401 (bad, missing or expired token, wrong instance)
 	Tokens       int64 // requests to /identity/token and /oidc/token
 	RateLimited  int64 // /api/v2 requests answered 429 for Config.MaxConcurrent
