@@ -65,6 +65,17 @@ type Config struct {
 	Region  string
 	Account string
 
+	// TLS makes [Start] and [StartListener] serve HTTPS: they make a
+	// self-signed CA and a server certificate for 127.0.0.1, ::1 and
+	// localhost at start. Clients trust the CA through a RootCAs pool
+	// ([Running.CertPool], or the PEM file CAFile), never through
+	// process-wide settings. [New] and [Server.ServeHTTP] ignore it.
+	TLS bool
+
+	// CAFile, with TLS, is where [Start] and [StartListener] write the CA
+	// certificate (PEM, mode 0644, atomically). Empty means not written.
+	CAFile string
+
 	// StateFile, when set, makes keys (with all their versions and material),
 	// aliases, policies and the token-signing secret persist across
 	// restarts. The file is loaded by [New] if it exists, and rewritten
@@ -169,6 +180,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	c.Faults = slices.Clone(c.Faults) // the caller's slice may change
 	c.Accounts = slices.Clone(c.Accounts)
+	if c.CAFile != "" && !c.TLS {
+		return c, errors.New("kplocal: a CA file needs TLS")
+	}
 	for _, f := range c.Faults {
 		if err := f.check(); err != nil {
 			return c, err

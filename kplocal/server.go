@@ -147,6 +147,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status, opName = s.handleToken(w, r)
 	case p == "/api/v2" || strings.HasPrefix(p, "/api/v2/"):
 		status, opName = s.serveAPI(w, r)
+	case strings.HasPrefix(p, brokerPrefix):
+		status, opName = s.handleBroker(w, r)
 	default:
 		status = writeError(w, plainError(http.StatusNotFound, "The requested resource could not be found"))
 	}

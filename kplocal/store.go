@@ -214,7 +214,12 @@ func checkStoredKey(k *key) error {
 // writeFileAtomic replaces path with data: it writes a temporary file in the
 // same directory with mode 0600, syncs it, renames it over path and syncs
 // the directory.
-func writeFileAtomic(path string, data []byte) (err error) {
+func writeFileAtomic(path string, data []byte) error {
+	return writeFileAtomicMode(path, data, 0o600)
+}
+
+// writeFileAtomicMode is writeFileAtomic with the given file mode.
+func writeFileAtomicMode(path string, data []byte, mode os.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -227,7 +232,7 @@ func writeFileAtomic(path string, data []byte) (err error) {
 			_ = os.Remove(tmp)
 		}
 	}()
-	if err = f.Chmod(0o600); err != nil {
+	if err = f.Chmod(mode); err != nil {
 		return fmt.Errorf("kplocal: writing state: %w", err)
 	}
 	if _, err = f.Write(data); err != nil {
