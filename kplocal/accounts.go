@@ -1,6 +1,8 @@
 package kplocal
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -80,4 +82,32 @@ func setupAccounts(cfg Config) ([]principal, map[string]*instance, error) {
 		principals = append(principals, principal{apiKey: a.APIKey, iamID: iamID, instances: slices.Clone(a.Instances)})
 	}
 	return principals, instances, nil
+}
+
+// AccountsFile is the JSON format of an accounts file (the kplocal
+// command's KPLOCAL_API_KEYS_FILE):
+//
+//	{"accounts": [
+//	  {"apiKey": "second-key", "instances": ["<instance GUID>"]},
+//	  {"apiKey": "other-key", "accountID": "otheraccount", "instances": ["<GUID>", "<GUID>"]}
+//	]}
+//
+// Each entry is an [Account]. Unknown fields are refused.
+type AccountsFile struct {
+	Accounts []Account `json:"accounts"`
+}
+
+// ParseAccounts decodes an accounts file ([AccountsFile]). Its error never
+// quotes the data, which holds API keys.
+func ParseAccounts(data []byte) ([]Account, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var f AccountsFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrBadAccounts, describeJSONError(err))
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: unexpected data after the JSON value", ErrBadAccounts)
+	}
+	return f.Accounts, nil
 }
