@@ -24,6 +24,9 @@ import (
 const (
 	instanceID = "6a1d7c1e-0b9f-4f55-9a43-2f7d1d9e0c11"
 	apiKey     = "interop-api-key"
+	// secondAPIKey is another caller of the same instance (dual-authorisation
+	// delete needs two).
+	secondAPIKey = "interop-second-api-key"
 )
 
 // clock is a settable clock for kplocal's Config.Now.
@@ -49,6 +52,7 @@ func (c *clock) Advance(d time.Duration) {
 func start(t *testing.T, cfg kplocal.Config) (*kplocal.Running, *kp.Client) {
 	t.Helper()
 	cfg.InstanceID, cfg.APIKey = instanceID, apiKey
+	cfg.Accounts = append(cfg.Accounts, kplocal.Account{APIKey: secondAPIKey, Instances: []string{instanceID}})
 	srv, err := kplocal.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -431,7 +435,10 @@ func TestOfficialClient(t *testing.T) {
 		if err := c.InitiateDualAuthDelete(ctx, std.ID); err != nil {
 			t.Fatal(err)
 		}
-		if k, err := c.DeleteKey(ctx, std.ID, kp.ReturnMinimal); err != nil || k != nil {
+		// The caller who authorised cannot also delete; another one can.
+		_, err = c.DeleteKey(ctx, std.ID, kp.ReturnMinimal)
+		wantKPError(t, err, http.StatusConflict, "AUTHORIZATIONS_NOT_MET")
+		if k, err := newClient(t, srv, secondAPIKey).DeleteKey(ctx, std.ID, kp.ReturnMinimal); err != nil || k != nil {
 			t.Fatalf("DeleteKey after authorization = %+v, %v", k, err)
 		}
 	})
@@ -454,6 +461,9 @@ func TestOfficialClient(t *testing.T) {
 		_, err = c.GetKey(ctx, "interop-second")
 		wantKPError(t, err, http.StatusNotFound, "KEY_NOT_FOUND_ERR")
 
+		if err := c.CreateKeyRing(ctx, "ring-two"); err != nil {
+			t.Fatal(err)
+		}
 		if k := must(c.SetKeyRing(ctx, opts.ID, "ring-two"))(t); k.KeyRingID != "ring-two" {
 			t.Fatalf("SetKeyRing = %+v", k)
 		}

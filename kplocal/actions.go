@@ -200,25 +200,35 @@ func (s *Server) rotate(c *call) (reply, error) {
 	if _, err := decodeStrict(c, whatRotate, &b); err != nil {
 		return reply{}, err
 	}
+	imp := importFields{Payload: b.Payload, EncryptedNonce: b.EncryptedNonce, IV: b.IV, EncryptionAlgorithm: b.EncryptionAlgorithm}
+	if imp.secure() {
+		if err := s.ensureTransportKey(c.inst); err != nil {
+			return reply{}, err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, err := s.actionKey(c, whatRotate, stateActive, stateDeactivated)
 	if err != nil {
 		return reply{}, err
 	}
-	if b.EncryptedNonce != "" || b.IV != "" || b.EncryptionAlgorithm != "" {
-		return reply{}, errInvalidField(whatRotate, "encryptedNonce",
-			"omitted: kplocal does not implement import tokens (secure import)")
-	}
 	var material []byte
 	switch {
-	case !k.Imported && b.Payload != "":
+	case !k.Imported && (b.Payload != "" || imp.secure()):
 		return reply{}, errInvalidQuery(whatRotate, "payload", "provided only if key is imported")
 	case k.Imported && b.Payload == "":
 		return reply{}, newAPIError(http.StatusBadRequest, whatRotate, "KEY_PAYLOAD_REQ_ERR",
 			"This root key was created with user-supplied key material: Key material is required to perform a 'rotate' action",
 			fieldTarget("payload"))
+	case imp.secure():
+		if material, err = s.openSecureImport(c, whatRotate, imp); err != nil {
+			return reply{}, err
+		}
 	case k.Imported:
+		if p := c.inst.enabledPolicy(ipolicyKeyAccess); p != nil && p.Attributes != nil && *p.Attributes.EnforceToken {
+			return reply{}, newAPIError(http.StatusConflict, whatRotate, "KEY_CREATE_IMPORT_ACCESS_ERR",
+				"The instance's keyCreateImportAccess policy forbids importing keys without an import token", nil)
+		}
 		material, err = base64.StdEncoding.DecodeString(b.Payload)
 		if err != nil || !validRootSize(len(material)) {
 			return reply{}, errInvalidField(whatRotate, "payload", "a base64 encoded 128, 192 or 256 bit key material")
@@ -303,9 +313,9 @@ func (s *Server) dualAuthAction(c *call, set bool) (reply, error) {
 	return s.noContent(s.update(k, func(k *key) error {
 		if set {
 			t := c.now
-			k.DeletionAuthAt = &t
+			k.DeletionAuthAt, k.DeletionAuthBy = &t, c.caller
 		} else {
-			k.DeletionAuthAt = nil
+			k.DeletionAuthAt, k.DeletionAuthBy = nil, ""
 		}
 		return nil
 	}))

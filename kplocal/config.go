@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 )
@@ -27,6 +28,12 @@ const (
 	DefaultMinRotationInterval = time.Hour
 )
 
+// Service names for Config.Service.
+const (
+	ServiceKeyProtect = "kms"
+	ServiceHPCS       = "hs-crypto"
+)
+
 // MaxBodyBytes bounds the body of an /api/v2 request. A larger body is
 // answered 400 BAD_BODY_ERR. (Token requests are bounded to 64 KiB.)
 const MaxBodyBytes = 1 << 20
@@ -38,15 +45,36 @@ type Config struct {
 	// their bluemix-instance header. Empty means a random v4 UUID.
 	InstanceID string
 
-	// APIKey is the only API key the IAM token endpoint accepts. Empty means
-	// a random key; read it back with [Server.Config].
+	// APIKey is the API key whose tokens may use InstanceID. Empty means a
+	// random key; read it back with [Server.Config].
 	APIKey string
 
+	// Accounts are further API keys, each with its own instances (which
+	// may include InstanceID). See [Account].
+	Accounts []Account
+
+	// Service is the service name written into CRNs: [ServiceKeyProtect]
+	// ("kms", the default) or [ServiceHPCS] ("hs-crypto"). An HPCS server
+	// also accepts RSAES_OAEP_SHA_1 for secure import and serves the HPCS
+	// broker's endpoint lookup, GET /crypto_v2/instances/{instance_id}.
+	Service string
+
 	// Region and Account are the region and account ID used in CRNs
-	// (crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:key:KEYID).
+	// (crn:v1:bluemix:public:SERVICE:REGION:a/ACCOUNT:INSTANCE:key:KEYID).
 	// Empty means [DefaultRegion] and [DefaultAccount].
 	Region  string
 	Account string
+
+	// TLS makes [Start] and [StartListener] serve HTTPS: they make a
+	// self-signed CA and a server certificate for 127.0.0.1, ::1 and
+	// localhost at start. Clients trust the CA through a RootCAs pool
+	// ([Running.CertPool], or the PEM file CAFile), never through
+	// process-wide settings. [New] and [Server.ServeHTTP] ignore it.
+	TLS bool
+
+	// CAFile, with TLS, is where [Start] and [StartListener] write the CA
+	// certificate (PEM, mode 0644, atomically). Empty means not written.
+	CAFile string
 
 	// StateFile, when set, makes keys (with all their versions and material),
 	// aliases, policies and the token-signing secret persist across
@@ -57,16 +85,27 @@ type Config struct {
 	StateFile string
 
 	// FaultRate is the share, in [0, 1], of /api/v2 requests that are not
-	// served but answered 429 (with Retry-After: 0) or 503, each with a Key
-	// Protect error body. Zero disables fault injection.
+	// served but answered 429 or 503 (with a Retry-After of RetryAfter),
+	// each with a Key Protect error body, before authentication. Zero
+	// disables this global fault injection; see Faults for finer faults.
 	FaultRate float64
+
+	// Faults are per-operation fault rules (after-serving faults,
+	// connection resets, slow bodies…) applied to authenticated requests
+	// that FaultRate spared. See [Fault].
+	Faults []Fault
+
+	// RetryAfter is the Retry-After header, in whole seconds rounded up, of
+	// FaultRate's and MaxConcurrent's 429 and 503 answers and of Faults
+	// that set none. Zero sends "Retry-After: 0", as Key Protect does.
+	RetryAfter time.Duration
 
 	// Latency is added to every request before it is served.
 	Latency time.Duration
 
 	// MaxConcurrent, when positive, is a rate limit: at most that many
 	// /api/v2 requests are served at once, and one more is answered 429
-	// (Retry-After: 0) with a Key Protect error body, as a busy instance
+	// (Retry-After: RetryAfter) with a Key Protect error body, as a busy instance
 	// answers a storm of requests. Stats.RateLimited counts them.
 	MaxConcurrent int
 
@@ -80,6 +119,12 @@ type Config struct {
 	// set [DefaultMinRotationInterval] for Key Protect's one-per-hour rule
 	// (the kplocal command does so unless told otherwise).
 	MinRotationInterval time.Duration
+
+	// ImportKeyBits is the size of each instance's RSA import (transport)
+	// key, made on the instance's first import token or locker. Zero means
+	// [DefaultImportKeyBits] (4096, as Key Protect); 2048 and 3072 are
+	// accepted too and make tests faster.
+	ImportKeyBits int
 
 	// Now is the server's clock. It decides token expiry, key expiry and
 	// every time-based rule (rotation interval, the 30 s enable and restore
@@ -111,6 +156,13 @@ func (c Config) withDefaults() (Config, error) {
 	if c.APIKey == "" {
 		c.APIKey = randomToken(32)
 	}
+	switch c.Service {
+	case "":
+		c.Service = ServiceKeyProtect
+	case ServiceKeyProtect, ServiceHPCS:
+	default:
+		return c, fmt.Errorf("kplocal: service %q is neither %q nor %q", c.Service, ServiceKeyProtect, ServiceHPCS)
+	}
 	if c.Region == "" {
 		c.Region = DefaultRegion
 	}
@@ -126,6 +178,19 @@ func (c Config) withDefaults() (Config, error) {
 	if !(c.FaultRate >= 0 && c.FaultRate <= 1) { // also rejects NaN
 		return c, fmt.Errorf("kplocal: fault rate %v is not in [0, 1]", c.FaultRate)
 	}
+	c.Faults = slices.Clone(c.Faults) // the caller's slice may change
+	c.Accounts = slices.Clone(c.Accounts)
+	if c.CAFile != "" && !c.TLS {
+		return c, errors.New("kplocal: a CA file needs TLS")
+	}
+	for _, f := range c.Faults {
+		if err := f.check(); err != nil {
+			return c, err
+		}
+	}
+	if c.RetryAfter < 0 {
+		return c, errors.New("kplocal: retry-after must not be negative")
+	}
 	if c.Latency < 0 {
 		return c, errors.New("kplocal: latency must not be negative")
 	}
@@ -134,6 +199,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TokenTTL < time.Second {
 		return c, fmt.Errorf("kplocal: token TTL %v is shorter than one second", c.TokenTTL)
+	}
+	switch c.ImportKeyBits {
+	case 0:
+		c.ImportKeyBits = DefaultImportKeyBits
+	case 2048, 3072, 4096:
+	default:
+		return c, fmt.Errorf("kplocal: import key size %d is not 2048, 3072 or 4096 bits", c.ImportKeyBits)
 	}
 	if c.MinRotationInterval < 0 {
 		return c, errors.New("kplocal: minimum rotation interval must not be negative")

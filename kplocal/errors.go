@@ -87,6 +87,13 @@ func errKeyNotFound() *apiError {
 	return newAPIError(http.StatusNotFound, whatRetrieve, "KEY_NOT_FOUND_ERR", "Key does not exist", nil)
 }
 
+// errMalformedID answers an {id} that is neither a UUID nor has the syntax
+// of an alias: Key Protect's "malformed, invalid or missing ID" 400.
+func errMalformedID() *apiError {
+	return newAPIError(http.StatusBadRequest, whatRetrieve, "INVALID_QUERY_PARAM_ERR",
+		"The query_param 'id' must be: a key ID (UUID) or an alias (2 to 90 letters, digits, '_' or '-')", queryTarget("id"))
+}
+
 func errKeyDeleted(what string) *apiError {
 	return newAPIError(http.StatusGone, what, "KEY_DELETED_ERR",
 		"Key has already been deleted: Please delete references to this key", nil)

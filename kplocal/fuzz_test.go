@@ -22,7 +22,7 @@ func FuzzAPI(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	token, _ := s.issueToken(s.now())
+	token, _ := s.issueToken(s.principals[0], s.now())
 	k := s.keys[root]
 	ct, err := seal(root, k.current(), []byte("0123456789abcdef0123456789abcdef"), []string{"a"})
 	if err != nil {

@@ -34,7 +34,7 @@ type tokenClaims struct {
 	Sub       string         `json:"sub"`
 	SubType   string         `json:"sub_type"`
 	Account   map[string]any `json:"account"`
-	Instance  string         `json:"instance"`
+	Instances []string       `json:"instances"` // kplocal's: the instances the token may use
 	GrantType string         `json:"grant_type"`
 	Scope     string         `json:"scope"`
 	Issuer    string         `json:"iss"`
@@ -43,15 +43,16 @@ type tokenClaims struct {
 	ExpiresAt int64          `json:"exp"`
 }
 
-// issueToken returns a signed token valid from now for the configured TTL.
-func (s *Server) issueToken(now time.Time) (token string, expiresAt int64) {
+// issueToken returns a signed token for p valid from now for the
+// configured TTL.
+func (s *Server) issueToken(p principal, now time.Time) (token string, expiresAt int64) {
 	claims := tokenClaims{
-		IAMID:     "iam-" + createdByID,
-		ID:        "iam-" + createdByID,
-		Sub:       createdByID,
+		IAMID:     "iam-" + p.iamID,
+		ID:        "iam-" + p.iamID,
+		Sub:       p.iamID,
 		SubType:   "ServiceId",
-		Account:   map[string]any{"bss": s.cfg.Account, "valid": true},
-		Instance:  s.cfg.InstanceID,
+		Account:   map[string]any{"bss": s.instances[p.instances[0]].account, "valid": true},
+		Instances: p.instances,
 		GrantType: apiKeyGrantType,
 		Scope:     "ibm openid",
 		Issuer:    "kplocal",
@@ -70,35 +71,49 @@ func (s *Server) sign(signing string) string {
 	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
 
-// validToken reports whether an authorization header value carries a token
-// this server issued that has not expired at now.
-func (s *Server) validToken(authorization string, now time.Time) bool {
+// validToken returns the claims of the token in an authorization header
+// value, and reports whether it is a token this server issued that has not
+// expired at now.
+func (s *Server) validToken(authorization string, now time.Time) (tokenClaims, bool) {
+	var claims tokenClaims
 	scheme, token, ok := strings.Cut(strings.TrimSpace(authorization), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return false
+		return claims, false
 	}
 	token = strings.TrimSpace(token)
 	dot := strings.LastIndexByte(token, '.')
 	if dot < 0 {
-		return false
+		return claims, false
 	}
 	signing, sig := token[:dot], token[dot+1:]
 	if !hmac.Equal([]byte(sig), []byte(s.sign(signing))) {
-		return false
+		return claims, false
 	}
 	_, payload, ok := strings.Cut(signing, ".")
 	if !ok {
-		return false
+		return claims, false
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(payload)
 	if err != nil {
-		return false
+		return claims, false
 	}
-	var claims tokenClaims
 	if err := json.Unmarshal(raw, &claims); err != nil {
-		return false
+		return claims, false
 	}
-	return now.Unix() < claims.ExpiresAt
+	return claims, now.Unix() < claims.ExpiresAt
+}
+
+// principalFor returns the caller whose API key is apiKey, comparing in
+// constant time.
+func (s *Server) principalFor(apiKey string) (principal, bool) {
+	var found principal
+	ok := false
+	for _, p := range s.principals {
+		if subtle.ConstantTimeCompare([]byte(apiKey), []byte(p.apiKey)) == 1 {
+			found, ok = p, true
+		}
+	}
+	return found, ok
 }
 
 // tokenResponse is IAM's answer to a successful exchange.
@@ -131,6 +146,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) (int, strin
 	}
 	grant := r.PostForm.Get("grant_type")
 	apiKey := r.PostForm.Get("apikey")
+	p, known := s.principalFor(apiKey)
 	switch {
 	case grant == "":
 		return s.writeIAMError(w, r, http.StatusBadRequest, "BXNIM0109E", "Property missing or empty. Property name(s): 'grant_type'"), opToken.String()
@@ -138,10 +154,10 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) (int, strin
 		return s.writeIAMError(w, r, http.StatusBadRequest, "BXNIM0104E", "Unsupported grant type"), opToken.String()
 	case apiKey == "":
 		return s.writeIAMError(w, r, http.StatusBadRequest, "BXNIM0109E", "Property missing or empty. Property name(s): 'apikey'"), opToken.String()
-	case subtle.ConstantTimeCompare([]byte(apiKey), []byte(s.cfg.APIKey)) != 1:
+	case !known:
 		return s.writeIAMError(w, r, http.StatusBadRequest, "BXNIM0415E", "Provided API key could not be found"), opToken.String()
 	}
-	token, exp := s.issueToken(s.now())
+	token, exp := s.issueToken(p, s.now())
 	writeJSON(w, http.StatusOK, tokenResponse{
 		AccessToken:  token,
 		RefreshToken: "not_supported",

@@ -76,7 +76,7 @@ func (s *Server) CreateKey(name string, root bool) (string, error) {
 		return "", errInvalidField(whatCreate, "name", "a string of 2 to 90 characters")
 	}
 	now := s.now()
-	k := newKey(name, !root, randomBytes(rootMaterialSize), false, defaultKeyRing, now)
+	k := newKey(s.cfg.InstanceID, name, !root, randomBytes(rootMaterialSize), false, defaultKeyRing, now)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.insert(k); err != nil {
@@ -86,10 +86,11 @@ func (s *Server) CreateKey(name string, root bool) (string, error) {
 }
 
 // newKey returns a new key whose first version has the key's own ID.
-func newKey(name string, standard bool, material []byte, imported bool, ring string, now time.Time) *key {
+func newKey(instanceID, name string, standard bool, material []byte, imported bool, ring string, now time.Time) *key {
 	id := newUUID()
 	return &key{
 		ID:        id,
+		Instance:  instanceID,
 		Name:      name,
 		Standard:  standard,
 		Imported:  imported,
@@ -142,13 +143,16 @@ func (s *Server) createKey(c *call, overrides bool) (reply, error) {
 		}
 		expiration = &t
 	}
-	if res.EncryptedNonce != "" || res.IV != "" || res.EncryptionAlgorithm != "" {
-		return reply{}, errInvalidField(whatCreate, "encryptedNonce",
-			"omitted: kplocal does not implement import tokens (secure import)")
+	imp := importFields{Payload: res.Payload, EncryptedNonce: res.EncryptedNonce, IV: res.IV, EncryptionAlgorithm: res.EncryptionAlgorithm}
+	if imp.secure() && standard {
+		return reply{}, errInvalidField(whatCreate, "encryptedNonce", "omitted: secure import (import tokens) is for root keys only")
 	}
-	material, imported, err := createMaterial(res.Payload, standard)
-	if err != nil {
-		return reply{}, err
+	var material []byte
+	imported := imp.Payload != ""
+	if !imp.secure() {
+		if material, imported, err = createMaterial(res.Payload, standard); err != nil {
+			return reply{}, err
+		}
 	}
 	var rotation *rotationPolicy
 	var dualAuth *dualAuthPolicy
@@ -173,8 +177,35 @@ func (s *Server) createKey(c *call, overrides bool) (reply, error) {
 	} else if !keyRingPattern.MatchString(ring) {
 		return reply{}, errInvalidField(whatCreate, "x-kms-key-ring", "2 to 100 letters, digits or dashes")
 	}
+	if imp.secure() {
+		if err := s.ensureTransportKey(c.inst); err != nil {
+			return reply{}, err
+		}
+	}
 
-	k := newKey(res.Name, standard, material, imported, ring, c.now)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.inst.rings[ring] == nil {
+		return reply{}, errKeyRingNotFound(whatCreate)
+	}
+	if err := c.inst.checkCreateAccess(standard, imported, imp.secure()); err != nil {
+		return reply{}, err
+	}
+	if imp.secure() {
+		if material, err = s.openSecureImport(c, whatCreate, imp); err != nil {
+			return reply{}, err
+		}
+	}
+	// Instance policies apply to keys created after them, unless the
+	// request overrides them.
+	if p := c.inst.enabledPolicy(ipolicyRotation); p != nil && rotation == nil && !standard && p.Attributes != nil && p.Attributes.IntervalMonth != nil {
+		rotation = &rotationPolicy{ID: newUUID(), Enabled: true, IntervalMonth: *p.Attributes.IntervalMonth, Created: c.now, Updated: c.now}
+	}
+	if p := c.inst.enabledPolicy(ipolicyDualAuth); p != nil && dualAuth == nil {
+		dualAuth = &dualAuthPolicy{ID: newUUID(), Enabled: true, Created: c.now, Updated: c.now}
+	}
+
+	k := newKey(c.inst.id, res.Name, standard, material, imported, ring, c.now)
 	k.Description = res.Description
 	k.Aliases = slices.Clone(res.Aliases)
 	k.Tags = slices.Clone(res.Tags)
@@ -182,10 +213,8 @@ func (s *Server) createKey(c *call, overrides bool) (reply, error) {
 	k.Rotation = rotation
 	k.DualAuth = dualAuth
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, a := range k.Aliases {
-		if _, taken := s.aliases[a]; taken {
+		if _, taken := s.aliases[aliasKey(c.inst.id, a)]; taken {
 			return reply{}, errInvalidField(whatCreate, "aliases", "unique within the instance")
 		}
 	}
@@ -250,6 +279,12 @@ func checkTags(tags []string) error {
 	return nil
 }
 
+// preferMinimal reports whether the request asks for no body (Prefer:
+// return=minimal).
+func preferMinimal(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("prefer"), "return=minimal")
+}
+
 func preferRepresentation(r *http.Request) bool {
 	return strings.Contains(r.Header.Get("prefer"), "return=representation")
 }
@@ -288,6 +323,9 @@ func (s *Server) setKeyRing(c *call) (reply, error) {
 	}
 	if k.Deleted != nil {
 		return reply{}, errKeyDeleted(whatUpdate)
+	}
+	if c.inst.rings[body.KeyRingID] == nil {
+		return reply{}, errKeyRingNotFound(whatUpdate)
 	}
 	err = s.update(k, func(k *key) error {
 		k.KeyRingID = body.KeyRingID
@@ -405,14 +443,15 @@ func (s *Server) deleteKey(c *call) (reply, error) {
 	if k.Deleted != nil {
 		return reply{}, errKeyDeleted(whatDelete)
 	}
-	if k.dualAuthEnabled() && !k.deletionAuthorized(c.now) {
+	if k.dualAuthEnabled() && (!k.deletionAuthorized(c.now) || k.DeletionAuthBy == c.caller) {
+		// The authorisation must come from another caller than the delete.
 		return reply{}, newAPIError(http.StatusConflict, whatDelete, "AUTHORIZATIONS_NOT_MET",
 			"1 prior authorization(s) are required for deletion", nil)
 	}
 	err = s.update(k, func(k *key) error {
 		t := c.now
 		k.Deleted = &t
-		k.DeletionAuthAt = nil
+		k.DeletionAuthAt, k.DeletionAuthBy = nil, ""
 		k.touch(c.now)
 		return nil
 	})
@@ -476,7 +515,7 @@ func (s *Server) purgeKey(c *call) (reply, error) {
 	if err := s.persist(); err != nil {
 		s.keys[k.ID] = k
 		for _, a := range k.Aliases {
-			s.aliases[a] = k.ID
+			s.aliases[aliasKey(k.Instance, a)] = k.ID
 		}
 		return reply{}, err
 	}
@@ -512,7 +551,8 @@ func (s *Server) createAlias(c *call) (reply, error) {
 		Metadata:  collectionMetadata{CollectionType: aliasType, CollectionTotal: 1},
 		Resources: []aliasView{{KeyID: k.ID, Alias: c.alias, CreationDate: jt(c.now), CreatedBy: createdByID}},
 	}}
-	switch owner, taken := s.aliases[c.alias]; {
+	ak := aliasKey(k.Instance, c.alias)
+	switch owner, taken := s.aliases[ak]; {
 	case taken && owner == k.ID:
 		return out, nil
 	case taken:
@@ -522,11 +562,11 @@ func (s *Server) createAlias(c *call) (reply, error) {
 	}
 	err = s.update(k, func(k *key) error {
 		k.Aliases = append(k.Aliases, c.alias)
-		s.aliases[c.alias] = k.ID
+		s.aliases[ak] = k.ID
 		return nil
 	})
 	if err != nil {
-		delete(s.aliases, c.alias)
+		delete(s.aliases, ak)
 		return reply{}, err
 	}
 	return out, nil
@@ -546,11 +586,11 @@ func (s *Server) deleteAlias(c *call) (reply, error) {
 	}
 	err = s.update(k, func(k *key) error {
 		k.Aliases = slices.Delete(k.Aliases, i, i+1)
-		delete(s.aliases, c.alias)
+		delete(s.aliases, aliasKey(k.Instance, c.alias))
 		return nil
 	})
 	if err != nil {
-		s.aliases[c.alias] = k.ID
+		s.aliases[aliasKey(k.Instance, c.alias)] = k.ID
 		return reply{}, err
 	}
 	return reply{status: http.StatusNoContent}, nil

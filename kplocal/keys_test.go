@@ -48,6 +48,7 @@ func TestCreateKeys(t *testing.T) {
 	}
 
 	expiry := h.clock.Now().Add(48 * time.Hour).Format(time.RFC3339)
+	h.request(http.MethodPost, "/key_rings/ring-a", nil).wantStatus(t, http.StatusCreated)
 	full := h.request(http.MethodPost, "/keys", keyBody(map[string]any{
 		"name": "full", "extractable": false, "description": "a described key",
 		"aliases": []string{"full-alias", "other_alias"}, "Tags": []string{"t1", "t2"}, // Tags as the official client spells it
@@ -223,6 +224,7 @@ func TestListAndCount(t *testing.T) {
 	}
 
 	// The field spelt as the official Go client sends it.
+	h.request(http.MethodPost, "/key_rings/ring-b", nil).wantStatus(t, http.StatusCreated)
 	moved := h.request(http.MethodPatch, "/keys/"+ids[0], map[string]string{"KeyRingID": "ring-b"})
 	if k := moved.wantStatus(t, http.StatusOK).key(t); k.KeyRingID != "ring-b" {
 		t.Fatalf("PATCH key ring = %+v", k)
@@ -317,7 +319,7 @@ func TestDeleteRestorePurge(t *testing.T) {
 
 	h.request(http.MethodDelete, "/keys/"+a.ID, nil).wantStatus(t, http.StatusNoContent)
 	k := h.request(http.MethodGet, "/keys/"+a.ID, nil).wantStatus(t, http.StatusOK).key(t)
-	if k.State != 5 || !*k.Deleted || k.DeletionDate == "" || k.RestoreAllowed == nil || !*k.RestoreAllowed ||
+	if k.State != 5 || !*k.Deleted || k.DeletionDate == "" || k.RestoreAllowed == nil || *k.RestoreAllowed ||
 		k.PurgeAllowed == nil || *k.PurgeAllowed || k.PurgeAllowedFrom == "" || k.PurgeScheduledOn == "" || k.RestoreExpiration == "" {
 		t.Fatalf("deleted key = %+v", k)
 	}

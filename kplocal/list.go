@@ -66,6 +66,9 @@ func (s *Server) selectKeys(q listQuery, c *call) []*key {
 	ring := c.r.Header.Get("x-kms-key-ring")
 	var out []*key
 	for _, k := range s.keys {
+		if k.Instance != c.inst.id {
+			continue
+		}
 		if k.Deleted != nil && !c.now.Before(k.Deleted.Add(autoPurgeAfter)) {
 			continue // purged automatically
 		}

@@ -36,9 +36,15 @@ const (
 	rootMaterialSize = 32 // generated root and standard keys are 256-bit
 )
 
+// nonactiveReasons are kplocal's nonactiveStateReason values (Key Protect
+// leaves their meaning undocumented): 2 for a disabled (suspended) key, 3
+// for an expired (deactivated) key, 20 for a deleted (destroyed) key.
+var nonactiveReasons = map[int]int{stateSuspended: 2, stateDeactivated: 3, stateDestroyed: 20}
+
 // key is a stored key. Its exported fields are its persisted form.
 type key struct {
 	ID          string     `json:"id"`
+	Instance    string     `json:"instance,omitempty"` // empty in state files of old kplocal versions: the primary instance
 	Name        string     `json:"name"`
 	Description string     `json:"description,omitempty"`
 	Aliases     []string   `json:"aliases,omitempty"`
@@ -60,6 +66,7 @@ type key struct {
 	Rotation       *rotationPolicy `json:"rotationPolicy,omitempty"`
 	DualAuth       *dualAuthPolicy `json:"dualAuthPolicy,omitempty"`
 	DeletionAuthAt *time.Time      `json:"deletionAuthorizedAt,omitempty"` // setKeyForDeletion time
+	DeletionAuthBy string          `json:"deletionAuthorizedBy,omitempty"` // who called setKeyForDeletion
 }
 
 // version is one generation of a key's material.
@@ -195,6 +202,7 @@ type (
 		Aliases               []string          `json:"aliases,omitempty"`
 		Tags                  []string          `json:"tags,omitempty"`
 		State                 int               `json:"state"`
+		NonactiveStateReason  *int              `json:"nonactiveStateReason,omitempty"`
 		ExpirationDate        *jsonTime         `json:"expirationDate,omitempty"`
 		Extractable           bool              `json:"extractable"`
 		CRN                   string            `json:"crn"`
@@ -262,7 +270,7 @@ func (s *Server) view(k *key, now time.Time, withPayload bool) keyView {
 		State:             k.stateAt(now),
 		ExpirationDate:    timePtr(k.Expiration),
 		Extractable:       k.Standard,
-		CRN:               s.KeyCRN(k.ID),
+		CRN:               s.crn(k.Instance, "key", k.ID),
 		Imported:          k.Imported,
 		KeyRingID:         k.KeyRingID,
 		CreationDate:      jt(k.Created),
@@ -277,6 +285,9 @@ func (s *Server) view(k *key, now time.Time, withPayload bool) keyView {
 		DualAuthDelete:    dualAuthView{Enabled: k.dualAuthEnabled()},
 		Deleted:           k.Deleted != nil,
 	}
+	if reason, ok := nonactiveReasons[v.State]; ok {
+		v.NonactiveStateReason = &reason
+	}
 	if k.deletionAuthorized(now) {
 		yes := true
 		v.DualAuthDelete.KeySetForDeletion = &yes
@@ -290,7 +301,8 @@ func (s *Server) view(k *key, now time.Time, withPayload bool) keyView {
 		if k.Expiration != nil && k.Expiration.Before(restoreUntil) {
 			restoreUntil = *k.Expiration
 		}
-		restoreAllowed := now.Before(restoreUntil)
+		// Not within 30 s of the deletion, nor after the restore window.
+		restoreAllowed := !now.Before(d.Add(enableRestoreDelay)) && now.Before(restoreUntil)
 		purgeAllowed := !now.Before(d.Add(purgeDelay))
 		v.DeletionDate = jt(*d)
 		v.DeletedBy = createdByID

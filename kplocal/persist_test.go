@@ -129,3 +129,36 @@ func TestFailedPersistLeavesStateUnchanged(t *testing.T) {
 		t.Fatalf("keys after failed writes = %+v", ks)
 	}
 }
+
+func TestStatePersistsRingsPoliciesAndInstances(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kplocal.json")
+	const other = "7c0ffee0-0000-4000-8000-000000000003"
+	cfg := Config{StateFile: path, Accounts: []Account{{APIKey: "key-b", Instances: []string{other}}}}
+	h1 := newHarness(t, cfg)
+	h1.request(http.MethodPost, "/key_rings/kept-ring", nil).wantStatus(t, http.StatusCreated)
+	h1.request(http.MethodPut, "/instance/policies?policy=metrics", instancePolicyPut(
+		map[string]any{"policy_type": "metrics", "policy_data": map[string]any{"enabled": true}})).wantStatus(t, http.StatusNoContent)
+	b := *h1
+	b.token = h1.fetchToken("key-b")
+	kb := b.request(http.MethodPost, "/keys", keyBody(map[string]any{"name": "in-b", "extractable": false}), "bluemix-instance", other).
+		wantStatus(t, http.StatusCreated).key(t)
+	if err := h1.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	h2 := newHarness(t, cfg)
+	var rings struct{ Resources []struct{ ID string } }
+	h2.request(http.MethodGet, "/key_rings", nil).wantStatus(t, http.StatusOK).decode(t, &rings)
+	if len(rings.Resources) != 2 || rings.Resources[1].ID != "kept-ring" {
+		t.Fatalf("rings after restart = %+v", rings)
+	}
+	var pol instancePolicies
+	h2.request(http.MethodGet, "/instance/policies", nil).decode(t, &pol)
+	if len(pol.Resources) != 1 || pol.Resources[0].PolicyType != "metrics" {
+		t.Fatalf("instance policies after restart = %+v", pol)
+	}
+	b2 := *h2
+	b2.token = h2.fetchToken("key-b")
+	b2.request(http.MethodGet, "/keys/"+kb.ID, nil, "bluemix-instance", other).wantStatus(t, http.StatusOK)
+	h2.request(http.MethodGet, "/keys/"+kb.ID, nil).wantError(t, http.StatusNotFound, "KEY_NOT_FOUND_ERR")
+}

@@ -87,17 +87,17 @@ func (s *Server) applyDualAuth(what string, old *dualAuthPolicy, in *dualAuthIn,
 	return &p, nil
 }
 
-func (s *Server) rotationView(p *rotationPolicy) policyView {
+func (s *Server) rotationView(instanceID string, p *rotationPolicy) policyView {
 	return policyView{
-		ID: p.ID, CRN: s.crn("policy", p.ID), Type: policyType,
+		ID: p.ID, CRN: s.crn(instanceID, "policy", p.ID), Type: policyType,
 		Rotation:  &rotationSetting{Enabled: p.Enabled, IntervalMonth: p.IntervalMonth},
 		CreatedBy: createdByID, CreationDate: jt(p.Created), UpdatedBy: createdByID, LastUpdateDate: jt(p.Updated),
 	}
 }
 
-func (s *Server) dualAuthView(p *dualAuthPolicy) policyView {
+func (s *Server) dualAuthView(instanceID string, p *dualAuthPolicy) policyView {
 	return policyView{
-		ID: p.ID, CRN: s.crn("policy", p.ID), Type: policyType,
+		ID: p.ID, CRN: s.crn(instanceID, "policy", p.ID), Type: policyType,
 		DualAuthDelete: &dualAuthSetting{Enabled: p.Enabled},
 		CreatedBy:      createdByID, CreationDate: jt(p.Created), UpdatedBy: createdByID, LastUpdateDate: jt(p.Updated),
 	}
@@ -136,10 +136,10 @@ func (s *Server) getPolicies(c *call) (reply, error) {
 	}
 	var views []policyView
 	if k.Rotation != nil && which != policyDualAuth {
-		views = append(views, s.rotationView(k.Rotation))
+		views = append(views, s.rotationView(k.Instance, k.Rotation))
 	}
 	if k.DualAuth != nil && which != policyRotation {
-		views = append(views, s.dualAuthView(k.DualAuth))
+		views = append(views, s.dualAuthView(k.Instance, k.DualAuth))
 	}
 	return reply{status: http.StatusOK, body: policyCollection(views)}, nil
 }
@@ -197,7 +197,7 @@ func (s *Server) putPolicies(c *call) (reply, error) {
 					return err
 				}
 				k.Rotation = p
-				views = append(views, s.rotationView(p))
+				views = append(views, s.rotationView(k.Instance, p))
 			}
 			if r.DualAuthDelete != nil {
 				p, err := s.applyDualAuth(whatPolicy, k.DualAuth, r.DualAuthDelete, c.now)
@@ -205,7 +205,7 @@ func (s *Server) putPolicies(c *call) (reply, error) {
 					return err
 				}
 				k.DualAuth = p
-				views = append(views, s.dualAuthView(p))
+				views = append(views, s.dualAuthView(k.Instance, p))
 			}
 		}
 		k.touch(c.now)
@@ -213,6 +213,9 @@ func (s *Server) putPolicies(c *call) (reply, error) {
 	})
 	if err != nil {
 		return reply{}, err
+	}
+	if preferMinimal(c.r) {
+		return reply{status: http.StatusNoContent}, nil
 	}
 	return reply{status: http.StatusOK, body: policyCollection(views)}, nil
 }

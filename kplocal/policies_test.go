@@ -152,7 +152,11 @@ func TestPolicyOverrides(t *testing.T) {
 }
 
 func TestDualAuthDelete(t *testing.T) {
-	h := newHarness(t, Config{TokenTTL: 30 * 24 * time.Hour})
+	const secondKey = "second-user-api-key"
+	h := newHarness(t, Config{TokenTTL: 30 * 24 * time.Hour,
+		Accounts: []Account{{APIKey: secondKey, Instances: []string{testInstance}}}})
+	second := *h // another caller of the same instance
+	second.token = h.fetchToken(secondKey)
 	k := h.create("dual", true)
 	plain := h.create("plain", true)
 	h.action(plain.ID, "setKeyForDeletion", "null").wantError(t, http.StatusConflict, "NOT_DUAL_AUTH_ERR")
@@ -180,7 +184,9 @@ func TestDualAuthDelete(t *testing.T) {
 	}
 	h.request(http.MethodDelete, "/keys/"+k.ID, nil).wantError(t, http.StatusConflict, "AUTHORIZATIONS_NOT_MET")
 	h.action(k.ID, "setKeyForDeletion", nil).wantStatus(t, http.StatusNoContent)
-	h.request(http.MethodDelete, "/keys/"+k.ID, nil).wantStatus(t, http.StatusNoContent)
+	// The caller who authorised the deletion cannot also perform it.
+	h.request(http.MethodDelete, "/keys/"+k.ID, nil).wantError(t, http.StatusConflict, "AUTHORIZATIONS_NOT_MET")
+	second.request(http.MethodDelete, "/keys/"+k.ID, nil).wantStatus(t, http.StatusNoContent)
 	if st := h.srv.Stats(); st.SetKeyForDeletion != 4 || st.UnsetKeyForDeletion != 2 {
 		t.Fatalf("stats = %+v", st)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -24,14 +25,18 @@ type Server struct {
 	tokenSecret []byte
 	counters    counters
 
-	rngMu sync.Mutex
-	rng   *rand.Rand // decides injected faults; seeded from Config.Seed
+	rngMu     sync.Mutex
+	rng       *rand.Rand // decides injected faults; seeded from Config.Seed
+	faultHits []int      // per Config.Faults rule: requests it has faulted
 
 	inFlight atomic.Int64 // /api/v2 requests being served
 
-	mu      sync.Mutex
-	keys    map[string]*key   // by key ID
-	aliases map[string]string // alias -> key ID
+	principals []principal // callers; principals[0] is Config's APIKey
+
+	mu        sync.Mutex
+	instances map[string]*instance // by instance ID
+	keys      map[string]*key      // by key ID, every instance's
+	aliases   map[string]string    // aliasKey(instance, alias) -> key ID
 }
 
 // New returns a Server for cfg. With cfg.StateFile set it loads the file if
@@ -43,11 +48,18 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	principals, instances, err := setupAccounts(cfg)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
-		cfg:     cfg,
-		rng:     rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x6b706c6f63616c)), // "kplocal"
-		keys:    make(map[string]*key),
-		aliases: make(map[string]string),
+		cfg:        cfg,
+		rng:        rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x6b706c6f63616c)), // "kplocal"
+		principals: principals,
+		faultHits:  make([]int, len(cfg.Faults)),
+		instances:  instances,
+		keys:       make(map[string]*key),
+		aliases:    make(map[string]string),
 	}
 	if cfg.StateFile != "" {
 		loaded, err := s.load()
@@ -70,14 +82,27 @@ func New(cfg Config) (*Server, error) {
 // test can read back a generated instance ID or API key.
 func (s *Server) Config() Config { return s.cfg }
 
-// KeyCRN returns the CRN of the key with the given ID in this instance:
-// crn:v1:bluemix:public:kms:REGION:a/ACCOUNT:INSTANCE:key:KEYID.
+// KeyCRN returns the CRN of the key with the given ID:
+// crn:v1:bluemix:public:SERVICE:REGION:a/ACCOUNT:INSTANCE:key:KEYID, where
+// SERVICE is Config.Service and INSTANCE the key's instance (the primary
+// instance, Config.InstanceID, for an unknown key).
 func (s *Server) KeyCRN(keyID string) string {
-	return s.crn("key", keyID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inst := s.cfg.InstanceID
+	if k := s.keys[keyID]; k != nil {
+		inst = k.Instance
+	}
+	return s.crn(inst, "key", keyID)
 }
 
-func (s *Server) crn(kind, id string) string {
-	return fmt.Sprintf("crn:v1:bluemix:public:kms:%s:a/%s:%s:%s:%s", s.cfg.Region, s.cfg.Account, s.cfg.InstanceID, kind, id)
+// crn returns the CRN of a resource of an instance.
+func (s *Server) crn(instanceID, kind, id string) string {
+	account := s.cfg.Account
+	if inst := s.instances[instanceID]; inst != nil {
+		account = inst.account
+	}
+	return fmt.Sprintf("crn:v1:bluemix:public:%s:%s:a/%s:%s:%s:%s", s.cfg.Service, s.cfg.Region, account, instanceID, kind, id)
 }
 
 func (s *Server) now() time.Time { return s.cfg.Now() }
@@ -98,7 +123,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if max := s.cfg.MaxConcurrent; max > 0 && n > int64(max) {
 			s.counters.requests.Add(1)
 			s.counters.rateLimited.Add(1)
-			w.Header().Set("Retry-After", "0")
+			w.Header().Set("Retry-After", retryAfter(s.cfg.RetryAfter))
 			writeError(w, plainError(http.StatusTooManyRequests,
 				"Too many requests: Please wait a few minutes and try again"))
 			return
@@ -122,6 +147,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status, opName = s.handleToken(w, r)
 	case p == "/api/v2" || strings.HasPrefix(p, "/api/v2/"):
 		status, opName = s.serveAPI(w, r)
+	case strings.HasPrefix(p, brokerPrefix):
+		status, opName = s.handleBroker(w, r)
 	default:
 		status = writeError(w, plainError(http.StatusNotFound, "The requested resource could not be found"))
 	}
@@ -133,11 +160,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // call is one routed /api/v2 request.
 type call struct {
-	r     *http.Request
-	ref   string // key ID or alias from the path
-	alias string // alias path segment of /keys/{id}/aliases/{alias}
-	body  []byte // nil when the request has no body
-	now   time.Time
+	r      *http.Request
+	inst   *instance // the bluemix-instance
+	caller string    // IAM ID of the token's API key
+	ref    string    // key ID or alias from the path
+	alias  string    // alias path segment of /keys/{id}/aliases/{alias}
+	body   []byte    // nil when the request has no body
+	now    time.Time
 }
 
 // reply is a successful answer: a status and an optional JSON body.
@@ -157,22 +186,39 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) (int, string) 
 		return status, "fault"
 	}
 	now := s.now()
-	if !s.validToken(r.Header.Get("authorization"), now) {
+	claims, ok := s.validToken(r.Header.Get("authorization"), now)
+	if !ok {
 		s.counters.unauthorized.Add(1)
 		return writeError(w, errUnauthorized()), ""
 	}
-	switch inst := r.Header.Get("bluemix-instance"); {
-	case inst == "":
+	instID := r.Header.Get("bluemix-instance")
+	if instID == "" {
 		return writeError(w, plainError(http.StatusBadRequest, "Missing required header: bluemix-instance")), ""
-	case inst != s.cfg.InstanceID:
+	}
+	inst := s.instances[instID] // never changes after New: no lock needed
+	if inst == nil || !slices.Contains(claims.Instances, instID) {
 		s.counters.unauthorized.Add(1)
 		return writeError(w, errUnauthorized()), ""
 	}
 
-	c := &call{r: r, now: now}
+	if !s.allowedFrom(inst, r.RemoteAddr) {
+		s.counters.unauthorized.Add(1)
+		return writeError(w, errUnauthorized()), ""
+	}
+
+	c := &call{r: r, now: now, inst: inst, caller: claims.Sub}
 	o, h, err := s.route(c)
 	if err != nil {
 		return writeError(w, err), ""
+	}
+	fault := s.pickFault(o)
+	if fault != nil && !fault.afterServing() {
+		s.counters.faults.Add(1)
+		if fault.Mode == FaultReset {
+			resetConnection(w)
+			return 0, "fault"
+		}
+		return s.writeFaultStatus(w, fault), "fault"
 	}
 	s.count(o)
 	if r.Body != nil && r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -186,6 +232,21 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) (int, string) 
 		}
 	}
 	rep, herr := h(c)
+	if fault != nil {
+		s.counters.faults.Add(1)
+		switch fault.Mode {
+		case FaultStatusAfterServing:
+			return s.writeFaultStatus(w, fault), o.String()
+		case FaultResetAfterServing:
+			resetConnection(w)
+			return 0, o.String()
+		case FaultSlowBody:
+			if herr == nil {
+				writeSlowly(r.Context(), w, rep, fault.SlowBodyDelay)
+				return rep.status, o.String()
+			}
+		}
+	}
 	if herr != nil {
 		var aerr *apiError
 		if !errors.As(herr, &aerr) {
@@ -200,11 +261,27 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) (int, string) 
 		w.Header().Set(name, v)
 	}
 	if rep.body == nil {
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		}
 		w.WriteHeader(rep.status)
 		return rep.status, o.String()
 	}
 	writeJSON(w, rep.status, rep.body)
 	return rep.status, o.String()
+}
+
+// allowedFrom reports whether the instance's allowedIP policy lets a
+// request from remoteAddr (host:port) through. Key Protect answers a denied
+// address 401.
+func (s *Server) allowedFrom(inst *instance, remoteAddr string) bool {
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		return true // not an IP connection (a test's fake address): nothing to judge
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return inst.allowsIP(ap.Addr())
 }
 
 // route maps a request to its operation and handler.
@@ -228,6 +305,32 @@ func (s *Server) route(c *call) (op, handlerFunc, *apiError) {
 			http.MethodHead: {opCount, s.countKeys},
 			http.MethodPost: {opCreate, func(c *call) (reply, error) { return s.createKey(c, false) }},
 		}
+	case len(segs) == 1 && segs[0] == "key_rings":
+		m = methods{http.MethodGet: {opListKeyRings, s.listKeyRings}}
+	case len(segs) == 2 && segs[0] == "key_rings":
+		c.ref = segs[1]
+		m = methods{
+			http.MethodPost:   {opCreateKeyRing, s.createKeyRing},
+			http.MethodDelete: {opDeleteKeyRing, s.deleteKeyRing},
+		}
+	case len(segs) == 2 && segs[0] == "instance" && segs[1] == "policies":
+		m = methods{
+			http.MethodGet: {opGetInstancePolicies, s.getInstancePolicies},
+			http.MethodPut: {opPutInstancePolicies, s.putInstancePolicies},
+		}
+	case len(segs) == 1 && segs[0] == "import_token":
+		m = methods{
+			http.MethodPost: {opCreateImportToken, s.createImportToken},
+			http.MethodGet:  {opGetImportToken, s.getImportToken},
+		}
+	case len(segs) == 1 && segs[0] == "lockers":
+		m = methods{
+			http.MethodPost: {opCreateLocker, s.createLocker},
+			http.MethodGet:  {opListLockers, s.listLockers},
+		}
+	case len(segs) == 2 && segs[0] == "lockers":
+		c.ref = segs[1]
+		m = methods{http.MethodGet: {opGetLocker, s.getLocker}}
 	case len(segs) == 1 && segs[0] == "keys_with_policy_overrides":
 		m = methods{http.MethodPost: {opCreate, func(c *call) (reply, error) { return s.createKey(c, true) }}}
 	case len(segs) >= 2 && segs[0] == "keys":
@@ -348,7 +451,7 @@ func (s *Server) injectFault(w http.ResponseWriter) (int, bool) {
 		return 0, false
 	}
 	s.counters.faults.Add(1)
-	w.Header().Set("Retry-After", "0")
+	w.Header().Set("Retry-After", retryAfter(s.cfg.RetryAfter))
 	if tooMany {
 		return writeError(w, plainError(http.StatusTooManyRequests,
 			"Too many requests: Please wait a few minutes and try again (fault injected by kplocal)")), true

@@ -31,6 +31,17 @@ const (
 	opPutPolicies
 	opCreateAlias
 	opDeleteAlias
+	opCreateKeyRing
+	opListKeyRings
+	opDeleteKeyRing
+	opGetInstancePolicies
+	opPutInstancePolicies
+	opCreateImportToken
+	opGetImportToken
+	opCreateLocker
+	opListLockers
+	opGetLocker
+	opBroker
 	numOps
 )
 
@@ -43,6 +54,11 @@ var opNames = [numOps]string{
 	opUnsetKeyForDeletion: "unsetKeyForDeletion", opSync: "sync",
 	opGetPolicies: "getPolicies", opPutPolicies: "putPolicies",
 	opCreateAlias: "createAlias", opDeleteAlias: "deleteAlias",
+	opCreateKeyRing: "createKeyRing", opListKeyRings: "listKeyRings", opDeleteKeyRing: "deleteKeyRing",
+	opGetInstancePolicies: "getInstancePolicies", opPutInstancePolicies: "putInstancePolicies",
+	opCreateImportToken: "createImportToken", opGetImportToken: "getImportToken",
+	opCreateLocker: "createLocker", opListLockers: "listLockers", opGetLocker: "getLocker",
+	opBroker: "broker",
 }
 
 func (o op) String() string { return opNames[o] }
@@ -54,7 +70,7 @@ func (o op) String() string { return opNames[o] }
 // succeeded.
 type Stats struct {
 	Requests     int64 // all /api/v2 requests
-	Faults       int64 // /api/v2 requests answered with an injected 429 or 503
+	Faults       int64 // /api/v2 requests given an injected fault (FaultRate or Faults)
 	Unauthorized int64 // /api/v2 requests answered 401 (bad, missing or expired token, wrong instance)
 	Tokens       int64 // requests to /identity/token and /oidc/token
 	RateLimited  int64 // /api/v2 requests answered 429 for Config.MaxConcurrent
@@ -65,6 +81,11 @@ type Stats struct {
 	Wrap, Unwrap, Rewrap, Rotate                             int64
 	Disable, Enable, SetKeyForDeletion, UnsetKeyForDeletion  int64
 	Sync, GetPolicies, PutPolicies, CreateAlias, DeleteAlias int64
+	CreateKeyRing, ListKeyRings, DeleteKeyRing               int64
+	GetInstancePolicies, PutInstancePolicies                 int64
+	CreateImportToken, GetImportToken                        int64
+	CreateLocker, ListLockers, GetLocker                     int64
+	Broker                                                   int64 // HPCS endpoint lookups
 }
 
 // counters holds the live counts behind [Stats].
@@ -102,6 +123,11 @@ func (s *Server) Stats() Stats {
 		SetKeyForDeletion: n(opSetKeyForDeletion), UnsetKeyForDeletion: n(opUnsetKeyForDeletion),
 		Sync: n(opSync), GetPolicies: n(opGetPolicies), PutPolicies: n(opPutPolicies),
 		CreateAlias: n(opCreateAlias), DeleteAlias: n(opDeleteAlias),
+		CreateKeyRing: n(opCreateKeyRing), ListKeyRings: n(opListKeyRings), DeleteKeyRing: n(opDeleteKeyRing),
+		GetInstancePolicies: n(opGetInstancePolicies), PutInstancePolicies: n(opPutInstancePolicies),
+		CreateImportToken: n(opCreateImportToken), GetImportToken: n(opGetImportToken),
+		CreateLocker: n(opCreateLocker), ListLockers: n(opListLockers), GetLocker: n(opGetLocker),
+		Broker: n(opBroker),
 	}
 }
 

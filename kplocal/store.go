@@ -15,11 +15,14 @@ import (
 // the x-kms-key-ring header's ring when one is given. Keys deleted more than
 // 90 days ago count as purged. The caller holds s.mu.
 func (s *Server) lookup(c *call) (*key, error) {
+	if !isUUID(c.ref) && !aliasPattern.MatchString(c.ref) {
+		return nil, errMalformedID()
+	}
 	k := s.keys[c.ref]
 	if k == nil {
-		k = s.keys[s.aliases[c.ref]]
+		k = s.keys[s.aliases[aliasKey(c.inst.id, c.ref)]]
 	}
-	if k == nil {
+	if k == nil || k.Instance != c.inst.id {
 		return nil, errKeyNotFound()
 	}
 	if ring := c.r.Header.Get("x-kms-key-ring"); ring != "" && ring != k.KeyRingID {
@@ -46,11 +49,15 @@ func (s *Server) update(k *key, change func(k *key) error) error {
 	return nil
 }
 
+// aliasKey is the key of s.aliases for an alias of an instance: aliases
+// are unique within an instance only.
+func aliasKey(instanceID, alias string) string { return instanceID + "/" + alias }
+
 // insert adds a new key and persists. The caller holds s.mu.
 func (s *Server) insert(k *key) error {
 	s.keys[k.ID] = k
 	for _, a := range k.Aliases {
-		s.aliases[a] = k.ID
+		s.aliases[aliasKey(k.Instance, a)] = k.ID
 	}
 	if err := s.persist(); err != nil {
 		s.remove(k)
@@ -63,7 +70,7 @@ func (s *Server) insert(k *key) error {
 func (s *Server) remove(k *key) {
 	delete(s.keys, k.ID)
 	for _, a := range k.Aliases {
-		delete(s.aliases, a)
+		delete(s.aliases, aliasKey(k.Instance, a))
 	}
 }
 
@@ -73,6 +80,10 @@ type stateFile struct {
 	InstanceID  string `json:"instanceID"`
 	TokenSecret []byte `json:"tokenSecret"`
 	Keys        []*key `json:"keys"`
+
+	// Instances holds the key rings and instance policies of every
+	// instance (absent in files of older kplocal versions).
+	Instances []instanceState `json:"instances,omitempty"`
 }
 
 const stateFormat = 1
@@ -88,6 +99,19 @@ func (s *Server) persist() error {
 		st.Keys = append(st.Keys, k)
 	}
 	slices.SortFunc(st.Keys, func(a, b *key) int { return strings.Compare(a.ID, b.ID) })
+	for _, inst := range s.instances {
+		is := instanceState{ID: inst.id}
+		for _, r := range inst.rings {
+			is.Rings = append(is.Rings, r)
+		}
+		for _, p := range inst.policies {
+			is.Policies = append(is.Policies, p)
+		}
+		slices.SortFunc(is.Rings, func(a, b *keyRing) int { return strings.Compare(a.ID, b.ID) })
+		slices.SortFunc(is.Policies, func(a, b *instancePolicy) int { return strings.Compare(a.Type, b.Type) })
+		st.Instances = append(st.Instances, is)
+	}
+	slices.SortFunc(st.Instances, func(a, b instanceState) int { return strings.Compare(a.ID, b.ID) })
 	data, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("kplocal: encoding state: %w", err)
@@ -124,19 +148,47 @@ func (s *Server) load() (bool, error) {
 		return false, fmt.Errorf("kplocal: state file %s: bad token secret", s.cfg.StateFile)
 	}
 	s.tokenSecret = st.TokenSecret
+	for _, is := range st.Instances {
+		inst := s.instances[is.ID]
+		if inst == nil {
+			continue // an instance no longer configured: its rings and policies are dropped
+		}
+		for _, r := range is.Rings {
+			if r == nil || !keyRingPattern.MatchString(r.ID) {
+				return false, fmt.Errorf("kplocal: state file %s: malformed key ring", s.cfg.StateFile)
+			}
+			inst.rings[r.ID] = r
+		}
+		for _, p := range is.Policies {
+			if p == nil || !knownInstancePolicy(p.Type) {
+				return false, fmt.Errorf("kplocal: state file %s: malformed instance policy", s.cfg.StateFile)
+			}
+			inst.policies[p.Type] = p
+		}
+	}
 	for _, k := range st.Keys {
 		if err := checkStoredKey(k); err != nil {
 			return false, fmt.Errorf("kplocal: state file %s: %w", s.cfg.StateFile, err)
+		}
+		if k.Instance == "" {
+			k.Instance = s.cfg.InstanceID
+		}
+		inst := s.instances[k.Instance]
+		if inst == nil {
+			return false, fmt.Errorf("kplocal: state file %s: key %s belongs to instance %s, which is not configured", s.cfg.StateFile, k.ID, k.Instance)
+		}
+		if inst.rings[k.KeyRingID] == nil {
+			inst.rings[k.KeyRingID] = &keyRing{ID: k.KeyRingID, Created: k.Created, CreatedBy: createdByID}
 		}
 		if s.keys[k.ID] != nil {
 			return false, fmt.Errorf("kplocal: state file %s: duplicate key %s", s.cfg.StateFile, k.ID)
 		}
 		s.keys[k.ID] = k
 		for _, a := range k.Aliases {
-			if _, dup := s.aliases[a]; dup {
+			if _, dup := s.aliases[aliasKey(k.Instance, a)]; dup {
 				return false, fmt.Errorf("kplocal: state file %s: alias %q used twice", s.cfg.StateFile, a)
 			}
-			s.aliases[a] = k.ID
+			s.aliases[aliasKey(k.Instance, a)] = k.ID
 		}
 	}
 	return true, nil
@@ -162,7 +214,12 @@ func checkStoredKey(k *key) error {
 // writeFileAtomic replaces path with data: it writes a temporary file in the
 // same directory with mode 0600, syncs it, renames it over path and syncs
 // the directory.
-func writeFileAtomic(path string, data []byte) (err error) {
+func writeFileAtomic(path string, data []byte) error {
+	return writeFileAtomicMode(path, data, 0o600)
+}
+
+// writeFileAtomicMode is writeFileAtomic with the given file mode.
+func writeFileAtomicMode(path string, data []byte, mode os.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -175,7 +232,7 @@ func writeFileAtomic(path string, data []byte) (err error) {
 			_ = os.Remove(tmp)
 		}
 	}()
-	if err = f.Chmod(0o600); err != nil {
+	if err = f.Chmod(mode); err != nil {
 		return fmt.Errorf("kplocal: writing state: %w", err)
 	}
 	if _, err = f.Write(data); err != nil {

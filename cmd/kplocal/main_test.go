@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -61,10 +63,18 @@ type process struct {
 	stderr *lockedBuffer
 }
 
-// startCommand runs the binary and reads the base URL from its first line.
+// startCommand runs the binary with KPLOCAL_API_KEY set and reads the base
+// URL from its first line.
 func startCommand(t *testing.T, bin string, args ...string) *process {
 	t.Helper()
+	return startCommandEnv(t, bin, nil, args...)
+}
+
+// startCommandEnv is startCommand with more environment variables.
+func startCommandEnv(t *testing.T, bin string, env []string, args ...string) *process {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(append(os.Environ(), "KPLOCAL_API_KEY="+apiKey), env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +95,7 @@ func startCommand(t *testing.T, bin string, args ...string) *process {
 		t.Fatalf("reading the first line: %v; stderr:\n%s", err, p.stderr)
 	}
 	p.base = strings.TrimSpace(line)
-	if u, err := url.Parse(p.base); err != nil || u.Scheme != "http" || u.Port() == "" || u.Port() == "0" || u.Hostname() != "127.0.0.1" {
+	if u, err := url.Parse(p.base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Port() == "" || u.Port() == "0" || u.Hostname() != "127.0.0.1" {
 		t.Fatalf("first line %q is not a base URL", line)
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
@@ -148,7 +158,7 @@ func (p *process) token(t *testing.T) string {
 func TestCommand(t *testing.T) {
 	bin := buildCommand(t)
 	state := filepath.Join(t.TempDir(), "state.json")
-	args := []string{"--listen", "127.0.0.1:0", "--instance", instance, "--api-key", apiKey, "--state", state, "--verbose"}
+	args := []string{"--listen", "127.0.0.1:0", "--instance", instance, "--state", state, "--verbose"}
 
 	p := startCommand(t, bin, args...)
 	tok := p.token(t)
@@ -196,7 +206,8 @@ func TestCommand(t *testing.T) {
 
 func TestRootKeyFlag(t *testing.T) {
 	bin := buildCommand(t)
-	cmd := exec.Command(bin, "--instance", instance, "--api-key", apiKey, "--root-key", "demo-a", "--root-key", "demo-b")
+	cmd := exec.Command(bin, "--instance", instance, "--root-key", "demo-a", "--root-key", "demo-b")
+	cmd.Env = append(os.Environ(), "KPLOCAL_API_KEY="+apiKey)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -233,32 +244,108 @@ func TestRootKeyFlag(t *testing.T) {
 	}
 }
 
+// env is a fake environment for run.
+func env(vars ...string) func(string) string {
+	return func(name string) string {
+		for i := 0; i+1 < len(vars); i += 2 {
+			if vars[i] == name {
+				return vars[i+1]
+			}
+		}
+		return ""
+	}
+}
+
 func TestRunUsageErrors(t *testing.T) {
+	withKey := env("KPLOCAL_API_KEY", apiKey)
 	for _, tc := range []struct {
-		args []string
-		want int
+		args   []string
+		getenv func(string) string
+		want   int
 	}{
-		{[]string{"--instance", instance}, 2},
-		{[]string{"--api-key", apiKey}, 2},
-		{[]string{"--bogus"}, 2},
-		{[]string{"--instance", instance, "--api-key", apiKey, "extra"}, 2},
-		{[]string{"--instance", instance, "--api-key", apiKey, "--fault-rate", "2"}, 1},
-		{[]string{"--instance", instance, "--api-key", apiKey, "--listen", "256.0.0.1:0"}, 1},
+		{[]string{"--instance", instance}, env(), 2},
+		{[]string{}, withKey, 2},
+		{[]string{"--api-key", apiKey, "--instance", instance}, env(), 2}, // no such flag: secrets never come from flags
+		{[]string{"--bogus"}, withKey, 2},
+		{[]string{"--instance", instance, "extra"}, withKey, 2},
+		{[]string{"--instance", instance, "--fault-rate", "2"}, withKey, 1},
+		{[]string{"--instance", instance, "--listen", "256.0.0.1:0"}, withKey, 1},
+		{[]string{"--instance", instance, "--service", "nope"}, withKey, 1},
+		{[]string{"--instance", instance, "--ca-out", "x.pem"}, withKey, 1}, // needs --tls
+		{[]string{"--instance", instance}, env("KPLOCAL_API_KEY", apiKey, "KPLOCAL_API_KEYS_FILE", "/nonexistent/keys.json"), 1},
 	} {
-		t.Setenv("KPLOCAL_API_KEY", "")
 		var stdout, stderr bytes.Buffer
-		if got := run(tc.args, &stdout, &stderr); got != tc.want || stdout.Len() != 0 || stderr.Len() == 0 {
+		if got := run(tc.args, tc.getenv, &stdout, &stderr); got != tc.want || stdout.Len() != 0 || stderr.Len() == 0 {
 			t.Errorf("run(%q) = %d, stdout %q, stderr %q; want %d, nothing on stdout, a message", tc.args, got, stdout.String(), stderr.String(), tc.want)
 		}
 	}
 }
 
+func TestRunMissingAPIKeyMessage(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if got := run([]string{"--instance", instance}, env(), &stdout, &stderr); got != 2 {
+		t.Fatalf("run = %d, want 2", got)
+	}
+	// Only what is missing and how to set it; no list of every flag.
+	if msg := stderr.String(); msg != "kplocal: missing the API key: set the environment variable KPLOCAL_API_KEY\n" {
+		t.Fatalf("stderr = %q", msg)
+	}
+}
+
 func TestRunAPIKeyFromEnvironment(t *testing.T) {
-	t.Setenv("KPLOCAL_API_KEY", apiKey)
 	var stdout, stderr bytes.Buffer
 	// A fault rate out of range fails after the flags check: proof the key was taken.
-	if got := run([]string{"--instance", instance, "--fault-rate", "2"}, &stdout, &stderr); got != 1 ||
+	if got := run([]string{"--instance", instance, "--fault-rate", "2"}, env("KPLOCAL_API_KEY", apiKey), &stdout, &stderr); got != 1 ||
 		!strings.Contains(stderr.String(), "fault rate") {
 		t.Fatalf("run = %d, stderr %q", got, stderr.String())
 	}
+}
+
+func TestCommandAccountsFileTLSAndHPCS(t *testing.T) {
+	bin := buildCommand(t)
+	dir := t.TempDir()
+	const other = "c0ffee00-1234-4abc-8def-000000000002"
+	keys := filepath.Join(dir, "keys.json")
+	if err := os.WriteFile(keys, []byte(`{"accounts":[{"apiKey":"second-key","instances":["`+other+`"]}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(dir, "ca.pem")
+	p := startCommandEnv(t, bin, []string{"KPLOCAL_API_KEYS_FILE=" + keys},
+		"--instance", instance, "--service", "hs-crypto", "--tls", "--ca-out", ca)
+	pemData, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemData) || !strings.HasPrefix(p.base, "https://") {
+		t.Fatalf("base %s, CA %q", p.base, pemData)
+	}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := c.PostForm(p.base+"/identity/token", url.Values{
+		"grant_type": {"urn:ibm:params:oauth:grant-type:apikey"}, "apikey": {"second-key"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("token of the second key: %d, %v", resp.StatusCode, err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, p.base+"/crypto_v2/instances/"+other, nil)
+	req.Header.Set("authorization", "Bearer "+tok.AccessToken)
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var broker struct{ KMS struct{ Public string } }
+	err = json.NewDecoder(resp.Body).Decode(&broker)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || "https://"+broker.KMS.Public != p.base {
+		t.Fatalf("broker: %d %+v %v", resp.StatusCode, broker, err)
+	}
+	p.stop(t, syscall.SIGTERM)
 }
