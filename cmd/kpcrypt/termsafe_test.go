@@ -229,7 +229,7 @@ func TestSafeText(t *testing.T) {
 	for in, want := range map[string]string{
 		"open with KEK pkcs11:x?pin-value=REDACTED: invalid": "open with KEK pkcs11:x?pin-value=REDACTED: invalid",
 		`unexpected argument "pkcs11:x?PIN-VALUE=1234"`:      `unexpected argument "pkcs11:x?PIN-VALUE=REDACTED`,
-		"open pkcs11:x?pin%2Dvalue=12.34: no such file":      "open pkcs11:x?pin%2Dvalue=REDACTED no such file",
+		"open pkcs11:x?pin%2Dvalue=12.34: no such file":      "open pkcs11:x?pin%2Dvalue=REDACTED: no such file",
 		"server says \x1b[2J\r\nkpcrypt: all good\u202e":     `server says \x1b[2J\x0d\x0akpcrypt: all good\u202e`,
 	} {
 		if got := safeText(in); got != want {
