@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 
 	"github.com/kpcrypt/kpcrypt/kms"
@@ -140,6 +141,10 @@ type Route struct {
 	// broker ([BrokerURL]).
 	Discover  bool
 	BrokerURL string
+	// HTTPClient, when set, replaces Config.HTTPClient for this route's
+	// calls (API, IAM and broker): for an endpoint whose TLS certificate
+	// comes from a CA of the user's own, trusted through RootCAs.
+	HTTPClient *http.Client
 }
 
 // Opener opens KEKs from key CRNs, with one client per endpoint and
@@ -195,12 +200,16 @@ func (o *Opener) Client(ctx context.Context, crn CRN) (*Client, error) {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	tokens, err := o.tokenSource(iam)
+	hc := o.Config.HTTPClient
+	if route.HTTPClient != nil {
+		hc = route.HTTPClient
+	}
+	tokens, err := o.tokenSource(iam, hc)
 	if err != nil {
 		return fail(err)
 	}
 	if route.BaseURL == "" && crn.Service == HPCS && route.Discover {
-		if route.BaseURL, err = o.discover(ctx, route.BrokerURL, crn, tokens); err != nil {
+		if route.BaseURL, err = o.discover(ctx, route.BrokerURL, crn, tokens, hc); err != nil {
 			return fail(err)
 		}
 	}
@@ -213,12 +222,12 @@ func (o *Opener) Client(ctx context.Context, crn CRN) (*Client, error) {
 	if err != nil {
 		return fail(err)
 	}
-	key := base.String() + "\x00" + crn.InstanceID
+	key := fmt.Sprintf("%s\x00%s\x00%p", base, crn.InstanceID, hc)
 	c, ok := o.clients[key]
 	if !ok {
 		cfg := o.Config
 		cfg.InstanceID, cfg.Service, cfg.Region = crn.InstanceID, crn.Service, crn.Region
-		cfg.BaseURL, cfg.IAMURL, cfg.Token = base.String(), iam, tokens
+		cfg.BaseURL, cfg.IAMURL, cfg.Token, cfg.HTTPClient = base.String(), iam, tokens, hc
 		if c, err = New(cfg); err != nil {
 			return fail(err)
 		}
@@ -232,30 +241,31 @@ func (o *Opener) Client(ctx context.Context, crn CRN) (*Client, error) {
 
 // tokenSource returns the token source for an IAM endpoint: Config.Token,
 // or one shared IAM token source per endpoint. o.mu is held.
-func (o *Opener) tokenSource(iam string) (TokenSource, error) {
+func (o *Opener) tokenSource(iam string, hc *http.Client) (TokenSource, error) {
 	if o.Config.Token != nil {
 		return o.Config.Token, nil
 	}
-	if ts, ok := o.tokens[iam]; ok {
+	key := fmt.Sprintf("%s\x00%p", iam, hc)
+	if ts, ok := o.tokens[key]; ok {
 		return ts, nil
 	}
 	if o.Config.APIKey == "" {
 		return nil, fmt.Errorf("%w: no API key (set IBMCLOUD_API_KEY)", kms.ErrPermissionDenied)
 	}
-	ts, err := NewIAMTokenSource(o.Config.APIKey, iam, o.Config.HTTPClient, o.Config.Now)
+	ts, err := NewIAMTokenSource(o.Config.APIKey, iam, hc, o.Config.Now)
 	if err != nil {
 		return nil, err
 	}
 	if o.tokens == nil {
 		o.tokens = map[string]TokenSource{}
 	}
-	o.tokens[iam] = ts
+	o.tokens[key] = ts
 	return ts, nil
 }
 
 // discover finds an HPCS instance's endpoint through its broker, once per
 // broker and instance. o.mu is held.
-func (o *Opener) discover(ctx context.Context, broker string, crn CRN, tokens TokenSource) (string, error) {
+func (o *Opener) discover(ctx context.Context, broker string, crn CRN, tokens TokenSource, hc *http.Client) (string, error) {
 	if broker == "" {
 		var err error
 		if broker, err = BrokerURL(crn.Region); err != nil {
@@ -266,7 +276,7 @@ func (o *Opener) discover(ctx context.Context, broker string, crn CRN, tokens To
 	if ep, ok := o.discovered[key]; ok {
 		return ep, nil
 	}
-	ep, err := DiscoverEndpoint(ctx, o.Config.HTTPClient, broker, crn.InstanceID, tokens, o.Config.Private)
+	ep, err := DiscoverEndpoint(ctx, hc, broker, crn.InstanceID, tokens, o.Config.Private)
 	if err != nil {
 		return "", err
 	}

@@ -53,15 +53,21 @@ package trust
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
@@ -111,6 +117,12 @@ type Instance struct {
 	// overrides the region's broker, https://REGION.broker.hs-crypto.cloud.ibm.com.
 	Discover       bool   `json:"discover,omitempty"`
 	BrokerEndpoint string `json:"broker_endpoint,omitempty"`
+	// CAFile, when set, is a PEM file of the CA certificates that the
+	// instance's endpoints (API, IAM, broker) are trusted under, instead of
+	// the system's roots: for a server with a CA of its own, such as
+	// kplocal with TLS. It must be a regular file that group and others
+	// cannot write.
+	CAFile string `json:"ca_file,omitempty"`
 }
 
 // ErrInvalidConfig means a trust configuration is malformed.
@@ -170,6 +182,9 @@ func Parse(data []byte) (*Config, error) {
 				return bad("instances[%d].broker_endpoint: want https://HOST[:PORT] (http only on loopback)", i)
 			}
 		}
+		if in.CAFile != "" && !filepath.IsAbs(in.CAFile) {
+			return bad("instances[%d].ca_file: the path must be absolute", i)
+		}
 		if (in.Discover || in.BrokerEndpoint != "") && in.Service != keyprotect.HPCS {
 			return bad("instances[%d]: discover and broker_endpoint are for hs-crypto instances", i)
 		}
@@ -206,6 +221,65 @@ type Policy struct {
 	IAMEndpoint string
 	// Source names where Config came from, for messages: a path, or empty.
 	Source string
+
+	mu      sync.Mutex
+	clients map[string]*http.Client // by CA file
+}
+
+// httpClientFor returns the HTTP client that trusts the CAs of caFile, one
+// per file.
+func (p *Policy) httpClientFor(caFile string) (*http.Client, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if hc, ok := p.clients[caFile]; ok {
+		return hc, nil
+	}
+	pool, err := loadCAFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   64,
+	}}
+	if p.clients == nil {
+		p.clients = map[string]*http.Client{}
+	}
+	p.clients[caFile] = hc
+	return hc, nil
+}
+
+// loadCAFile reads a PEM file of CA certificates: a regular file that
+// group and others cannot write, of at most 1 MiB.
+func loadCAFile(path string) (*x509.CertPool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("ca_file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("ca_file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("ca_file %s is not a regular file", path)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("ca_file %s may be written by group or others (mode %04o): run chmod go-w %s", path, fi.Mode().Perm(), path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if len(data) > MaxFileSize || !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("ca_file %s holds no PEM certificate", path)
+	}
+	return pool, nil
 }
 
 // Discover implements [kms.DiscoveryFilter].
@@ -269,6 +343,13 @@ func (p *Policy) Route(crn keyprotect.CRN) (keyprotect.Route, error) {
 		}
 		if in.Endpoint == "" && in.Discover {
 			r.BaseURL, r.Discover, r.BrokerURL = "", true, in.BrokerEndpoint
+		}
+		if in.CAFile != "" {
+			hc, err := p.httpClientFor(in.CAFile)
+			if err != nil {
+				return r, err
+			}
+			r.HTTPClient = hc
 		}
 	}
 	return r, nil
