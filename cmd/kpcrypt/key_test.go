@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -107,6 +108,32 @@ func TestKeyCommands(t *testing.T) {
 	}
 	clk.Advance(time.Minute)
 	run("restore", crn).expect(t, 0, "active")
+
+	// Secure import: generated material is escrowed first, exclusively.
+	r = run("import", "--instance", inst, "--name", "byok", "--generate", "--escrow", "byok.key", "--json")
+	r.expect(t, 0)
+	esc, err := os.Stat(filepath.Join(dir, "byok.key"))
+	if err != nil || esc.Size() != 32 || esc.Mode().Perm() != 0o600 {
+		t.Fatalf("escrow file: %v %v", esc, err)
+	}
+	var ik struct {
+		CRN      string
+		Imported bool
+	}
+	if json.Unmarshal(r.stdout, &ik); !ik.Imported || ik.CRN == "" {
+		t.Fatalf("import --json:\n%s", r.stdout)
+	}
+	run("import", "--instance", inst, "--name", "byok-again", "--generate", "--escrow", "byok.key").expect(t, 1, "never overwritten")
+	run("import", "--instance", inst, "--name", "x", "--generate").expect(t, 2, "--escrow")
+	// Material of one's own, then an encrypt under the imported key.
+	run("import", "--instance", inst, "--name", "byok2", "--material", "byok.key").expect(t, 0)
+	os.WriteFile(filepath.Join(dir, "plain"), []byte("imported"), 0o600)
+	kpEnv(t, dir, env, nil, "encrypt", "--kek", ik.CRN, "-o", "p.kpc", "plain").expect(t, 0)
+	if r := kpEnv(t, dir, env, nil, "decrypt", "p.kpc"); r.code != 0 || string(r.stdout) != "imported" {
+		t.Fatalf("decrypt under the imported key: %d %s", r.code, r.stderr)
+	}
+	os.Chmod(filepath.Join(dir, "byok.key"), 0o644)
+	run("import", "--instance", inst, "--name", "byok3", "--material", "byok.key").expect(t, 1, "chmod 600")
 
 	// Usage.
 	run("bogus").expect(t, 2, "unknown command")
