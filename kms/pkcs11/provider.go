@@ -15,6 +15,7 @@ import (
 
 	p11 "github.com/miekg/pkcs11"
 
+	"github.com/kpcrypt/kpcrypt/internal/securefile"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
 
@@ -638,27 +639,11 @@ func readPINFile(src string) (string, error) {
 	if strings.HasPrefix(path, "|") {
 		return "", fmt.Errorf("pin-source %s: only files are supported, not commands", src)
 	}
-	f, err := os.Open(path)
+	// The checks of a key file: resolved once, opened without following a
+	// last link and without blocking on a FIFO, a regular file owned by the
+	// user or root, no permissions for group or others, bounded.
+	b, _, err := securefile.ReadPrivate(path, maxPINFile)
 	if err != nil {
-		return "", fmt.Errorf("reading the PIN from pin-source: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", fmt.Errorf("reading the PIN from pin-source: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("pin-source %s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return "", fmt.Errorf("pin-source %s has mode %04o: a PIN file must not be readable by group or others; run chmod 600 %s", path, perm, path)
-	}
-	if fi.Size() > maxPINFile {
-		return "", fmt.Errorf("pin-source %s is %d bytes, over the %d-byte limit for a PIN file", path, fi.Size(), maxPINFile)
-	}
-	b := make([]byte, fi.Size())
-	n, err := f.ReadAt(b, 0)
-	if n < len(b) && err != nil {
 		return "", fmt.Errorf("reading the PIN from pin-source: %w", err)
 	}
 	pin := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
