@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -39,7 +40,9 @@ func (u *ui) Discover(uri string) (string, error) {
 
 // route routes a key CRN by the trust configuration and the environment.
 func (u *ui) route(crn keyprotect.CRN) (keyprotect.Route, error) {
-	if u.trustErr != nil {
+	// Without a known location for the configuration, CRNs the user gave
+	// are still routed by the environment; only header URIs are refused.
+	if u.trustErr != nil && !errors.Is(u.trustErr, trust.ErrNoLocation) {
 		return keyprotect.Route{}, u.trustErr
 	}
 	return u.policy.Route(crn)

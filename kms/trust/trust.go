@@ -83,8 +83,10 @@ const MaxFileSize = 1 << 20
 // Config is a parsed trust configuration.
 type Config struct {
 	// Instances are the Key Protect and HPCS instances whose key CRNs may
-	// be opened from headers.
-	Instances []Instance `json:"instances,omitempty"`
+	// be opened from headers. When the field is present, even empty, only
+	// these are; when it is absent (nil), any CRN that passes ParseCRN
+	// is, routed to IBMCLOUD_KP_ENDPOINT or to IBM's published host.
+	Instances []Instance `json:"instances"`
 	// LocalKeys are the paths of the local key files that may be opened
 	// from headers. Each is absolute.
 	LocalKeys []string `json:"local_keys,omitempty"`
@@ -140,11 +142,21 @@ func Parse(data []byte) (*Config, error) {
 	if len(data) > MaxFileSize {
 		return nil, fmt.Errorf("%w: over %d bytes", ErrInvalidConfig, MaxFileSize)
 	}
+	if err := checkStrictJSON(data); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var c Config
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	var probe struct {
+		Instances json.RawMessage `json:"instances"`
+	}
+	json.Unmarshal(data, &probe)
+	if probe.Instances != nil && c.Instances == nil {
+		c.Instances = []Instance{} // present but empty or null: no CRN
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("%w: data after the JSON object", ErrInvalidConfig)
@@ -291,7 +303,7 @@ func (p *Policy) Discover(uri string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		if p.Config == nil || len(p.Config.Instances) == 0 {
+		if p.Config == nil || p.Config.Instances == nil {
 			return uri, nil
 		}
 		in := p.instance(crn)
@@ -403,4 +415,63 @@ func pkcs11Identity(uri string) (token, object string, err error) {
 		return "", "", errors.New("a pkcs11: URI needs token= and object=")
 	}
 	return token, object, nil
+}
+
+// checkStrictJSON refuses what encoding/json would let through silently:
+// a top level that is not an object, and an object with two keys that
+// differ at most in case (encoding/json matches field names without regard
+// to case, and the last one wins), so that a second spelling of a field
+// can never replace the first.
+func checkStrictJSON(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return errors.New("the configuration must be a JSON object")
+	}
+	type frame struct {
+		object bool
+		keys   map[string]bool
+		expect bool // in an object, the next string is a key
+	}
+	stack := []frame{{object: true, keys: map[string]bool{}, expect: true}}
+	for len(stack) > 0 {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		top := &stack[len(stack)-1]
+		if top.object && top.expect {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:len(stack)-1]
+				if len(stack) > 0 && stack[len(stack)-1].object {
+					stack[len(stack)-1].expect = true
+				}
+				continue
+			}
+			key := strings.ToLower(tok.(string))
+			if top.keys[key] {
+				return fmt.Errorf("the key %q appears twice in one object (keys are compared without regard to case)", tok.(string))
+			}
+			top.keys[key] = true
+			top.expect = false
+			continue
+		}
+		switch d, _ := tok.(json.Delim); d {
+		case '{':
+			stack = append(stack, frame{object: true, keys: map[string]bool{}, expect: true})
+			continue
+		case '[':
+			stack = append(stack, frame{})
+			continue
+		case ']':
+			stack = stack[:len(stack)-1]
+		}
+		if len(stack) > 0 && stack[len(stack)-1].object {
+			stack[len(stack)-1].expect = true
+		}
+	}
+	return nil
 }

@@ -194,3 +194,64 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The configuration fails closed wherever one may exist unseen.
+func TestLoadFailsClosed(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	env := map[string]string{}
+	getenv := func(k string) string { return env[k] }
+	cfgDir := filepath.Join(home, ".config", "kpcrypt")
+	os.MkdirAll(cfgDir, 0o700)
+	def := filepath.Join(cfgDir, "trust.json")
+
+	// A relative XDG_CONFIG_HOME is ignored: the file under HOME is read.
+	os.WriteFile(def, []byte(`{"instances": []}`), 0o600)
+	env["XDG_CONFIG_HOME"] = "relative/dir"
+	if c, path, err := Load(getenv); err != nil || path != def || c == nil {
+		t.Fatalf("relative XDG_CONFIG_HOME: %v %q %v", c, path, err)
+	}
+	delete(env, "XDG_CONFIG_HOME")
+	// An empty instances list trusts no CRN (absent would trust any).
+	c, _, _ := Load(getenv)
+	if _, err := (&Policy{Config: c}).Discover(crn("kms", "us-south", inst, key1)); !errors.Is(err, kms.ErrUntrusted) {
+		t.Fatalf("\"instances\": [] trusted a CRN: %v", err)
+	}
+	// A default file that is a link leading nowhere.
+	os.Remove(def)
+	os.Symlink("/nonexistent/secret/trust.json", def)
+	if _, _, err := Load(getenv); err == nil || !strings.Contains(err.Error(), "leads nowhere") {
+		t.Fatalf("dangling default link: %v", err)
+	}
+	os.Remove(def)
+	// A directory others may write.
+	os.WriteFile(def, []byte(`{}`), 0o600)
+	os.Chmod(cfgDir, 0o777)
+	if _, _, err := Load(getenv); err == nil || !strings.Contains(err.Error(), "may be written by group or others") {
+		t.Fatalf("group-writable directory: %v", err)
+	}
+	os.Chmod(cfgDir, 0o700)
+	// No home at all: unknown, so closed; none says there is none.
+	t.Setenv("HOME", "")
+	if _, _, err := Load(getenv); !errors.Is(err, ErrNoLocation) {
+		t.Fatalf("no home: %v", err)
+	}
+	env[EnvFile] = NoFile
+	if c, _, err := Load(getenv); c != nil || err != nil {
+		t.Fatalf("KPCRYPT_TRUST_FILE=none: %v %v", c, err)
+	}
+}
+
+func TestParseStrict(t *testing.T) {
+	for name, bad := range map[string]string{
+		"duplicate":    `{"local_keys": ["/a"], "local_keys": ["/b"]}`,
+		"case variant": `{"instances": [], "Instances": [{"service":"kms","region":"us-south","instance_id":"` + inst + `"}]}`,
+		"nested dup":   `{"instances": [{"service":"kms","region":"us-south","Region":"eu-de","instance_id":"` + inst + `"}]}`,
+		"null":         `null`,
+		"array":        `[]`,
+	} {
+		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: Parse = %v", name, err)
+		}
+	}
+}
