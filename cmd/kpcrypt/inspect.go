@@ -49,7 +49,9 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		return err
 	}
 	defer in.Close()
-	unlock, err := in.lockShared(ctx)
+	lctx, lcancel := context.WithTimeout(ctx, *kmsTimeout)
+	unlock, err := in.lockShared(lctx)
+	lcancel()
 	if err != nil {
 		return err
 	}

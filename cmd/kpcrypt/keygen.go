@@ -93,9 +93,9 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 	return nil
 }
 
-// openPKCS11 opens a pkcs11: KEK URI given on the command line. It is in
-// resolver() but never in autoOpenSchemes: a header's URI must not choose a
-// module to load.
+// openPKCS11 opens a pkcs11: KEK URI given on the command line, or listed
+// in the trust configuration: a header's URI never chooses a module to
+// load (see trust.Policy.Discover).
 func (u *ui) openPKCS11(ctx context.Context, uri string) (kms.KEK, error) {
 	if err := refusePINValue(uri); err != nil {
 		return nil, err

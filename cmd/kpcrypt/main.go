@@ -76,14 +76,22 @@ KEK URIs:
                 an IBM Key Protect root key ("hs-crypto" in place of "kms" for HPCS)
   pkcs11:token=TOKEN;object=LABEL?module-path=/path/module.so&pin-source=FILE
                 AES keys labelled LABEL in a PKCS#11 token (RFC 7512; also id=,
-                serial=, slot-id=). Files record only pkcs11:token=TOKEN;object=LABEL,
-                so decrypt, rewrap and scan never open a pkcs11: slot by
-                themselves: give --kek with the full URI.
+                serial=, slot-id=). Files record only pkcs11:token=TOKEN;object=LABEL.
+
+Trust: without --kek, decrypt, rewrap, scan and inspect --current open the
+KEKs a file names only as the trust configuration allows (KPCRYPT_TRUST_FILE,
+else ~/.config/kpcrypt/trust.json; see README "Trust and threat model"):
+Key Protect CRNs that pass strict checks (and, if it lists instances, only
+those), and the local key files and PKCS#11 tokens it lists. With --kek they
+open nothing else. --kms-timeout (KPCRYPT_KMS_TIMEOUT, 30s) bounds the KMS
+work for one file.
 
 Environment for Key Protect and HPCS:
   IBMCLOUD_API_KEY        API key exchanged at IAM for tokens (required)
   IBMCLOUD_KP_ENDPOINT    API base URL, if not the region's public endpoint
-                          (HPCS port-based endpoints, private endpoints, kplocal)
+                          (HPCS port-based endpoints, private endpoints, kplocal);
+                          every CRN's calls go there, unless the trust
+                          configuration routes its instance
   IBMCLOUD_IAM_ENDPOINT   IAM base URL (tokens from its /identity/token)
 
 Environment for PKCS#11 tokens:

@@ -64,9 +64,13 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	if opts.Add, err = u.openKEKs(ctx, add); err != nil {
 		return err
 	}
-	walk, skipped, err := collectFiles(paths)
+	walk, sum, err := walkFiles(paths)
 	if err != nil {
 		return err
+	}
+	skipped := sum.notKpcrypt
+	for _, msg := range sum.unreadable {
+		u.errorf("%s (not checked)", msg)
 	}
 	defer walk.Close()
 	if testHookAfterWalk != nil {
@@ -127,7 +131,7 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		}
 	}
 
-	var nChanged, nCurrent, nFailed, nUnchecked int
+	var nChanged, nCurrent, nUnchanged, nFailed, nUnchecked int
 	verb := "rewrapped"
 	if *dryRun {
 		verb = "would rewrap"
@@ -152,28 +156,55 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 			if !*quiet {
 				fmt.Fprintf(u.stdout, "not checked %s\n", termsafe.Escape(files[i]))
 			}
-		default:
+		case allCurrent(o.res):
 			nCurrent++
 			if !*quiet {
 				fmt.Fprintf(u.stdout, "current %s\n", termsafe.Escape(files[i]))
 			}
+		default:
+			// Slots only kept (added or removed elsewhere, or a KEK that
+			// cannot tell its version): unchanged, not "current".
+			nUnchanged++
+			if !*quiet {
+				fmt.Fprintf(u.stdout, "unchanged %s\n", termsafe.Escape(files[i]))
+			}
 		}
 	}
 	summary := fmt.Sprintf("%d %s, %d already current, %d failed", nChanged, verb, nCurrent, nFailed)
+	if nUnchanged > 0 {
+		summary += fmt.Sprintf(", %d unchanged", nUnchanged)
+	}
 	if nUnchecked > 0 {
 		summary += fmt.Sprintf(", %d with slots not checked", nUnchecked)
 	}
 	if skipped > 0 {
 		summary += fmt.Sprintf(", %d skipped (not kpcrypt files)", skipped)
 	}
+	if sum.temporary > 0 {
+		summary += fmt.Sprintf(", %d temporary files passed over", sum.temporary)
+	}
+	if len(sum.unreadable) > 0 {
+		summary += fmt.Sprintf(", %d unreadable", len(sum.unreadable))
+	}
 	u.infof("%s", summary)
 	for _, uri := range unused {
 		u.errorf("--remove-kek %s: no file holds a slot of this KEK; nothing was removed", uri)
 	}
-	if nFailed > 0 || nUnchecked > 0 || len(unused) > 0 {
+	if nFailed > 0 || nUnchecked > 0 || len(unused) > 0 || len(sum.unreadable) > 0 {
 		return errQuiet
 	}
 	return nil
+}
+
+// allCurrent reports whether every slot of a file was found at its KEK's
+// current version.
+func allCurrent(res *envelope.RewrapResult) bool {
+	for _, c := range res.Slots {
+		if c.Action != "current" {
+			return false
+		}
+	}
+	return len(res.Slots) > 0
 }
 
 // uncheckedSlots reports the slots of a file whose KEK could not be
@@ -247,6 +278,27 @@ func (u *ui) openKEKs(ctx context.Context, uris []string) (envelope.KEKs, error)
 // even if a directory in it is swapped for a symlink meanwhile, and
 // [walked.open] opens only the very file the walk found. Close the result.
 func collectFiles(paths []string) (_ *walked, skipped int, err error) {
+	w, sum, err := walkFiles(paths)
+	if err != nil {
+		return nil, 0, err
+	}
+	return w, sum.notKpcrypt, nil
+}
+
+// walkSummary is what a walk passed over: files that are not kpcrypt files,
+// temporary files of atomic writers, and files and directories it could not
+// read (never silently taken for "not a kpcrypt file").
+type walkSummary struct {
+	notKpcrypt, temporary int
+	unreadable            []string // one message each
+}
+
+// walkFiles expands directories, recursively, into the kpcrypt files they
+// hold, as collectFiles does, and says what it passed over. A path named on
+// the command line that does not exist is an error; a file or directory
+// found in a walk that cannot be read is reported in the summary and the
+// walk goes on.
+func walkFiles(paths []string) (_ *walked, sum walkSummary, err error) {
 	w := &walked{}
 	defer func() {
 		if err != nil {
@@ -256,7 +308,7 @@ func collectFiles(paths []string) (_ *walked, skipped int, err error) {
 	for _, p := range paths {
 		fi, err := os.Stat(p)
 		if err != nil {
-			return nil, 0, err
+			return nil, sum, err
 		}
 		if !fi.IsDir() {
 			w.add(walkEntry{path: p})
@@ -264,47 +316,68 @@ func collectFiles(paths []string) (_ *walked, skipped int, err error) {
 		}
 		root, err := os.OpenRoot(p)
 		if err != nil {
-			return nil, 0, err
+			return nil, sum, err
 		}
 		w.roots = append(w.roots, root)
 		err = fs.WalkDir(root.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
+			path := filepath.Join(p, filepath.FromSlash(rel))
 			if err != nil {
-				return err
+				if rel == "." {
+					return err
+				}
+				sum.unreadable = append(sum.unreadable, fmt.Sprintf("%s: %v", path, errors.Unwrap(err)))
+				return nil // skip it, go on
 			}
-			if !d.Type().IsRegular() || skipInWalk(d.Name()) {
+			if !d.Type().IsRegular() {
 				return nil
 			}
-			path := filepath.Join(p, filepath.FromSlash(rel))
-			if info := isKpcryptFile(root, filepath.FromSlash(rel)); info != nil {
+			if skipInWalk(d.Name()) {
+				sum.temporary++
+				return nil
+			}
+			info, err := isKpcryptFile(root, filepath.FromSlash(rel))
+			switch {
+			case err != nil:
+				sum.unreadable = append(sum.unreadable, fmt.Sprintf("%s: %v", path, err))
+			case info != nil:
 				w.add(walkEntry{path: path, root: root, rel: filepath.FromSlash(rel), info: info})
-			} else {
-				skipped++
+			default:
+				sum.notKpcrypt++
 			}
 			return nil
 		})
 		if err != nil {
-			return nil, 0, err
+			return nil, sum, err
 		}
 	}
-	return w, skipped, nil
+	return w, sum, nil
 }
 
 // isKpcryptFile reports, by the file it opened, whether the file at rel in
 // root is a regular file starting with kpcrypt's magic: its FileInfo if so,
-// else nil.
-func isKpcryptFile(root *os.Root, rel string) fs.FileInfo {
+// else nil. A file it cannot open or read is an error, not "no".
+func isKpcryptFile(root *os.Root, rel string) (fs.FileInfo, error) {
 	f, err := root.OpenFile(rel, os.O_RDONLY|oNonblock, 0)
 	if err != nil {
-		return nil
+		return nil, errors.Unwrap(err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() {
-		return nil
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, nil
 	}
 	var magic [4]byte
-	if _, err = io.ReadFull(f, magic[:]); err != nil || string(magic[:]) != "KPCF" {
-		return nil
+	if _, err = io.ReadFull(f, magic[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, nil // too short to be one
+		}
+		return nil, err
 	}
-	return fi
+	if string(magic[:]) != "KPCF" {
+		return nil, nil
+	}
+	return fi, nil
 }

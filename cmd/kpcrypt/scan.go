@@ -59,35 +59,45 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 			return err
 		}
 	}
-	walk, _, err := collectFiles(paths)
+	walk, sum, err := walkFiles(paths)
 	if err != nil {
-		return err
+		u.errorf("%v", err)
+		return exitStatus(3) // nothing could be checked
 	}
 	defer walk.Close()
 	files := walk.paths
 	v := &versionCache{ctx: ctx, keyring: keyring, versions: map[string][]string{}, current: map[string]string{}}
-	found, failed := 0, 0
+	found, failed := 0, len(sum.unreadable)
+	for _, msg := range sum.unreadable {
+		u.errorf("%s (not checked)", msg)
+	}
 	for i, path := range files {
+		kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
 		f, err := walk.open(i, os.O_RDONLY)
 		if err != nil {
 			u.errorf("%s: %v", path, err)
 			failed++
+			cancel()
 			continue
 		}
-		// A shared lock: a concurrent rewrap never shows a torn table.
-		if err := filelock.Lock(ctx, f, false); err != nil && !errors.Is(err, filelock.ErrUnsupported) {
+		// A shared lock, within the file's time: a concurrent rewrap never
+		// shows a torn table, and a lock held for ever stalls one file.
+		if err := filelock.Lock(kctx, f, false); err != nil && !errors.Is(err, filelock.ErrUnsupported) {
 			f.Close()
-			return err
+			u.errorf("%s: waiting for the file's lock: %v", path, err)
+			failed++
+			cancel()
+			continue
 		}
 		h, err := envelope.Inspect(f)
 		f.Close()
 		if err != nil {
 			u.errorf("%s: %v", path, err)
 			failed++
+			cancel()
 			continue
 		}
 		hit := false
-		kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
 		v.ctx = kctx
 		for i, s := range h.Slots {
 			var old bool
@@ -118,7 +128,11 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 	if !*outdated {
 		what = fmt.Sprintf("under a key version older than %s", *below)
 	}
-	u.infof("%d of %d files have slots %s", found, len(files), what)
+	passed := ""
+	if sum.temporary > 0 {
+		passed = fmt.Sprintf(" (%d temporary files passed over)", sum.temporary)
+	}
+	u.infof("%d of %d files have slots %s%s", found, len(files), what, passed)
 	switch {
 	case failed > 0:
 		if found > 0 {
@@ -209,7 +223,10 @@ func (v *versionCache) below(s envelope.SlotInfo, min string) (bool, error) {
 		return false, nil // another KEK's version
 	}
 	at := slices.Index(vs, s.KeyVersion)
-	return at >= 0 && at < minAt, nil
+	if at < 0 {
+		return false, fmt.Errorf("the slot's key version %s is not one of KEK %s's versions", s.KeyVersion, s.KEK)
+	}
+	return at < minAt, nil
 }
 
 func (v *versionCache) outdated(s envelope.SlotInfo) (bool, error) {

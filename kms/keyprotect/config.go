@@ -104,12 +104,14 @@ func Endpoint(s Service, region, instanceID string, private bool) (string, error
 }
 
 // ibmSuffixes are the DNS suffixes under which IBM publishes the Key
-// Protect, HPCS and IAM endpoints.
-var ibmSuffixes = []string{".cloud.ibm.com", ".appdomain.cloud"}
+// Protect, HPCS and IAM endpoints. appdomain.cloud also holds customers'
+// applications, so only its HPCS part counts.
+var ibmSuffixes = []string{".cloud.ibm.com", ".hs-crypto.appdomain.cloud"}
 
 // IsIBMHost reports whether host (without a port) is a DNS name under one
 // of the suffixes where IBM publishes Key Protect, HPCS and IAM endpoints:
-// cloud.ibm.com and appdomain.cloud. IP literals and other names are not.
+// cloud.ibm.com, and hs-crypto.appdomain.cloud for HPCS instances. IP
+// literals and other names are not.
 func IsIBMHost(host string) bool {
 	if host == "" || len(host) > 253 || net.ParseIP(host) != nil {
 		return false
