@@ -216,7 +216,9 @@ func TestHPCSDiscoveryAgainstKplocal(t *testing.T) {
 	cfg := kpclient.Config(srv)
 	o := &keyprotect.Opener{
 		Config: keyprotect.Config{APIKey: cfg.APIKey, IAMURL: cfg.IAMURL, HTTPClient: cfg.HTTPClient},
-		Route:  func(keyprotect.CRN) (keyprotect.Route, error) { return keyprotect.Route{Discover: true, BrokerURL: srv.BaseURL()}, nil },
+		Route: func(keyprotect.CRN) (keyprotect.Route, error) {
+			return keyprotect.Route{Discover: true, BrokerURL: srv.BaseURL()}, nil
+		},
 	}
 	kek, err := o.Open(ctx, k.CRN)
 	if err != nil {
