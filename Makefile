@@ -6,7 +6,7 @@ FUZZTIME ?= 30s
 # Modules kept apart so that their dependencies never reach the library's.
 SUBMODULES := $(wildcard interop/go.mod benchmarks/go.mod)
 
-.PHONY: all build test test-short demo bench fuzz vectors vet clean
+.PHONY: all build test test-short demo bench fuzz vectors vet cross clean
 
 all: build
 
@@ -17,10 +17,20 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
-test: vet
+test: vet cross
 	$(GO) test -race -count=1 ./...
 	@for m in $(dir $(SUBMODULES)); do \
 		echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; \
+	done
+
+# Everything builds and vets with cgo off (no C compiler) on every OS and
+# architecture we ship for; only the PKCS#11 backend needs cgo, and without
+# it says so.
+CROSS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
+cross:
+	@for t in $(CROSS); do \
+		echo "== CGO_ENABLED=0 $$t"; \
+		CGO_ENABLED=0 GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) vet ./... || exit 1; \
 	done
 
 test-short:

@@ -8,10 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/internal/filelock"
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
 	"github.com/kpcrypt/kpcrypt/kms/local"
@@ -244,10 +244,10 @@ func TestRewrapFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	if err := syscall.Flock(int(g.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if ok, err := filelock.TryLock(g, true); !ok || err != nil {
 		t.Fatalf("the file is still locked after RewrapFile: %v", err)
 	}
-	syscall.Flock(int(g.Fd()), syscall.LOCK_UN)
+	filelock.Unlock(g)
 	// A file opened read-only cannot be rewrapped.
 	if _, err := RewrapFile(ctx, g, &RewrapOptions{Keyring: KEKs{k}, Remove: []string{"none"}, Add: []kms.KEK{newLocalKEK(t, "other")}}); err == nil {
 		t.Fatal("RewrapFile wrote through a read-only file")

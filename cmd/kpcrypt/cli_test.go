@@ -357,3 +357,25 @@ func TestUsageErrors(t *testing.T) {
 		t.Fatalf("encrypt -h: %d %s", r.code, r.stdout)
 	}
 }
+
+// slotsOf returns the KEK URI and key version of each slot of a file, from
+// kpcrypt inspect --json.
+func slotsOf(t *testing.T, dir, file string) [][2]string {
+	t.Helper()
+	r := kp(t, dir, nil, "inspect", "--json", file)
+	r.expect(t, 0)
+	var h struct {
+		Slots []struct {
+			KEK        string `json:"kek"`
+			KeyVersion string `json:"key_version"`
+		} `json:"slots"`
+	}
+	if err := json.Unmarshal(r.stdout, &h); err != nil {
+		t.Fatalf("inspect --json: %v\n%s", err, r.stdout)
+	}
+	var out [][2]string
+	for _, s := range h.Slots {
+		out = append(out, [2]string{s.KEK, s.KeyVersion})
+	}
+	return out
+}

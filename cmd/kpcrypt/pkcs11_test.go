@@ -1,8 +1,9 @@
+//go:build cgo
+
 package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,28 +13,6 @@ import (
 	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 	"github.com/kpcrypt/kpcrypt/kms/pkcs11/softhsmtest"
 )
-
-// slotsOf returns the KEK URI and key version of each slot of a file, from
-// kpcrypt inspect --json.
-func slotsOf(t *testing.T, dir, file string) [][2]string {
-	t.Helper()
-	r := kp(t, dir, nil, "inspect", "--json", file)
-	r.expect(t, 0)
-	var h struct {
-		Slots []struct {
-			KEK        string `json:"kek"`
-			KeyVersion string `json:"key_version"`
-		} `json:"slots"`
-	}
-	if err := json.Unmarshal(r.stdout, &h); err != nil {
-		t.Fatalf("inspect --json: %v\n%s", err, r.stdout)
-	}
-	var out [][2]string
-	for _, s := range h.Slots {
-		out = append(out, [2]string{s.KEK, s.KeyVersion})
-	}
-	return out
-}
 
 // noPIN fails if a command's output holds a PIN.
 func noPIN(t *testing.T, r result, pins ...string) {

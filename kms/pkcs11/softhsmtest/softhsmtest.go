@@ -1,3 +1,5 @@
+//go:build cgo
+
 // Package softhsmtest makes SoftHSM2 tokens in temporary directories for
 // tests of PKCS#11 KEKs: a real token, no mock.
 //
