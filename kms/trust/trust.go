@@ -71,6 +71,7 @@ import (
 
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
+	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 )
 
 // EnvFile is the environment variable that names the trust configuration
@@ -208,6 +209,12 @@ func Parse(data []byte) (*Config, error) {
 		c.LocalKeys[i] = filepath.Clean(p)
 	}
 	for i, u := range c.PKCS11Keys {
+		if kms.HasPINValue(u) {
+			return bad("pkcs11_keys[%d]: pin-value is not allowed here; use pin-source=FILE or KPCRYPT_PKCS11_PIN", i)
+		}
+		if _, err := pkcs11.ParseURI(u); err != nil {
+			return bad("pkcs11_keys[%d]: %v", i, err)
+		}
 		if _, _, err := pkcs11Identity(u); err != nil {
 			return bad("pkcs11_keys[%d]: %v", i, err)
 		}

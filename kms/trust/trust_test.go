@@ -105,17 +105,19 @@ func TestPolicy(t *testing.T) {
 
 func TestParseRefuses(t *testing.T) {
 	for name, bad := range map[string]string{
-		"unknown field":     `{"instance": []}`,
-		"trailing data":     `{} {}`,
-		"bad service":       `{"instances":[{"service":"cos","region":"us-south","instance_id":"` + inst + `"}]}`,
-		"bad region":        `{"instances":[{"service":"kms","region":"evil.example#","instance_id":"` + inst + `"}]}`,
-		"bad instance":      `{"instances":[{"service":"kms","region":"us-south","instance_id":"x"}]}`,
-		"http endpoint":     `{"instances":[{"service":"kms","region":"us-south","instance_id":"` + inst + `","endpoint":"http://evil.example"}]}`,
-		"endpoint userinfo": `{"instances":[{"service":"kms","region":"us-south","instance_id":"` + inst + `","endpoint":"https://u@evil.example"}]}`,
-		"relative key":      `{"local_keys":["kek.json"]}`,
-		"pin-value":         `{"pkcs11_keys":["pkcs11:token=t;object=o?PIN%2Dvalue=1234"]}`,
-		"pkcs11 no object":  `{"pkcs11_keys":["pkcs11:token=t"]}`,
-		"not json":          `instances: []`,
+		"unknown field":          `{"instance": []}`,
+		"trailing data":          `{} {}`,
+		"bad service":            `{"instances":[{"service":"cos","region":"us-south","instance_id":"` + inst + `"}]}`,
+		"bad region":             `{"instances":[{"service":"kms","region":"evil.example#","instance_id":"` + inst + `"}]}`,
+		"bad instance":           `{"instances":[{"service":"kms","region":"us-south","instance_id":"x"}]}`,
+		"http endpoint":          `{"instances":[{"service":"kms","region":"us-south","instance_id":"` + inst + `","endpoint":"http://evil.example"}]}`,
+		"endpoint userinfo":      `{"instances":[{"service":"kms","region":"us-south","instance_id":"` + inst + `","endpoint":"https://u@evil.example"}]}`,
+		"relative key":           `{"local_keys":["kek.json"]}`,
+		"pin-value":              `{"pkcs11_keys":["pkcs11:token=t;object=o?PIN%2Dvalue=1234"]}`,
+		"pkcs11 no object":       `{"pkcs11_keys":["pkcs11:token=t"]}`,
+		"pkcs11 relative module": `{"pkcs11_keys":["pkcs11:token=t;object=o?module-path=lib.so"]}`,
+		"pkcs11 duplicate":       `{"pkcs11_keys":["pkcs11:token=t;object=o;object=p"]}`,
+		"not json":               `instances: []`,
 	} {
 		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("%s: Parse = %v, want ErrInvalidConfig", name, err)
