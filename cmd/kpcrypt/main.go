@@ -31,6 +31,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
@@ -46,6 +47,19 @@ func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
+
+// hint is the help command for the command the message is about: "kpcrypt
+// CMD -h" when it starts with a command's name, "kpcrypt -h" otherwise.
+func (e *usageError) hint() string {
+	name, _, _ := strings.Cut(e.msg, ":")
+	if name == "key" || strings.HasPrefix(name, "key ") {
+		return "kpcrypt key -h"
+	}
+	if findCommand(name) != nil {
+		return "kpcrypt " + name + " -h"
+	}
+	return "kpcrypt -h"
+}
 
 func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
@@ -121,28 +135,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
-	var err error
-	switch cmd, rest := args[0], args[1:]; cmd {
-	case "encrypt":
-		err = cmdEncrypt(ctx, ui, rest)
-	case "decrypt":
-		err = cmdDecrypt(ctx, ui, rest)
-	case "inspect":
-		err = cmdInspect(ctx, ui, rest)
-	case "keygen":
-		err = cmdKeygen(ctx, ui, rest)
-	case "rewrap":
-		err = cmdRewrap(ctx, ui, rest)
-	case "scan":
-		err = cmdScan(ctx, ui, rest)
-	case "key":
-		err = cmdKey(ctx, ui, rest)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return 0
-	default:
-		err = usagef("unknown command %q", cmd)
-	}
+	err := dispatch(ctx, ui, args)
 	var ue *usageError
 	var es exitStatus
 	switch {
@@ -156,8 +149,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 1
 	case errors.As(err, &ue):
 		ui.errorf("%v", err)
-		fmt.Fprintln(stderr, `kpcrypt: run "kpcrypt -h" for usage`)
+		ui.infof("run %q for usage", ue.hint())
 		return 2
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		// Ctrl-C or SIGTERM: the conventional 128+SIGINT, on a clean line
+		// (the terminal has echoed ^C where the cursor was).
+		if isTerminal(stderr) {
+			fmt.Fprint(stderr, "\r")
+		}
+		ui.errorf("interrupted")
+		return 130
 	default:
 		ui.errorf("%v", err)
 		return 1

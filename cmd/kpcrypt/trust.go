@@ -71,7 +71,7 @@ func kmsTimeoutFlag(fs *flag.FlagSet) *time.Duration {
 	if v, err := time.ParseDuration(os.Getenv(envKMSTimeout)); err == nil && v > 0 {
 		d = v
 	}
-	return fs.Duration("kms-timeout", d, fmt.Sprintf("bound the KMS calls for one file to `DURATION`, retries included (default from %s, else 30s)", envKMSTimeout))
+	return fs.Duration("kms-timeout", d, fmt.Sprintf("bound the KMS calls for one file to `DURATION`, retries included (%s sets the default)", envKMSTimeout))
 }
 
 // checkTimeout refuses a non-positive --kms-timeout.

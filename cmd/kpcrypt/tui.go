@@ -111,7 +111,9 @@ func (u *ui) progress(r io.Reader, size int64, quiet bool, what string) (io.Read
 var errHelp = errors.New("help shown")
 
 // parseFlags parses args with fs, letting flags and operands interleave
-// ("encrypt in.txt --kek K" works too). It returns the operands.
+// ("encrypt in.txt --kek K" works too). It returns the operands. Its errors
+// spell flags the way the help does (--kek, -o) and suggest the closest
+// flag for a mistyped one.
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
 	var operands []string
@@ -120,7 +122,7 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, errHelp
 			}
-			return nil, usagef("%s: %v", fs.Name(), err)
+			return nil, usagef("%s: %s", fs.Name(), flagError(fs, err))
 		}
 		if fs.NArg() == 0 {
 			return operands, nil
@@ -130,13 +132,64 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// helpFor prints a command's usage and flags to w when asked with -h.
+// flagError rewords the flag package's errors.
+func flagError(fs *flag.FlagSet, err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		name = strings.TrimPrefix(name, "-")
+		var names []string
+		fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+		hint := ""
+		if best := closest(name, names); best != "" {
+			hint = fmt.Sprintf("; did you mean %s?", dashed(best))
+		}
+		return fmt.Sprintf("unknown flag %s%s", dashed(name), hint)
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return fmt.Sprintf("flag %s needs a value", dashed(strings.TrimPrefix(name, "-")))
+	}
+	if rest, ok := strings.CutPrefix(msg, "invalid value "); ok {
+		// invalid value "x" for flag -name: reason
+		if i := strings.Index(rest, " for flag -"); i >= 0 {
+			val, tail := rest[:i], rest[i+len(" for flag -"):]
+			name, reason, _ := strings.Cut(tail, ": ")
+			return fmt.Sprintf("%s %s: %s", dashed(name), val, reason)
+		}
+	}
+	return msg
+}
+
+// dashed spells a flag as the help does: -o for one letter, --name else.
+func dashed(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+// helpFor prints a command's usage and flags to w when asked with -h, in
+// the --flag spelling used everywhere else.
 func helpFor(fs *flag.FlagSet, w io.Writer, synopsis string) {
-	fs.Usage = func() {}
-	fmt.Fprintf(w, "Usage: %s\n\n", synopsis)
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-	fs.SetOutput(io.Discard)
+	fmt.Fprintf(w, "Usage: %s\n\nFlags:\n", synopsis)
+	printFlags(fs, w)
+}
+
+// printFlags lists fs's flags as "  --name VALUE" lines, each followed by its
+// usage, with the default when it is not the zero value.
+func printFlags(fs *flag.FlagSet, w io.Writer) {
+	fs.VisitAll(func(f *flag.Flag) {
+		value, usage := flag.UnquoteUsage(f)
+		line := "  " + dashed(f.Name)
+		if value != "" {
+			line += " " + value
+		}
+		fmt.Fprintln(w, line)
+		def := ""
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "[]" {
+			def = fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "        %s%s\n", usage, def)
+	})
 }
 
 // listFlag collects a repeatable flag.
