@@ -245,7 +245,11 @@ func TestInspect(t *testing.T) {
 		t.Fatalf("inspect --json: %+v", h)
 	}
 	kp(t, dir, nil, "inspect", "plain.bin").expect(t, 1, "plain.bin: invalid envelope header: magic")
-	kp(t, dir, nil, "inspect").expect(t, 2)
+	// With no FILE, inspect reads standard input, as encrypt and decrypt do.
+	if r := kp(t, dir, readFile(t, filepath.Join(dir, "f.kpc")), "inspect"); r.code != 0 || !strings.Contains(string(r.stdout), "file:            standard input") {
+		t.Fatalf("inspect from standard input: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	kp(t, dir, nil, "inspect", "a", "b").expect(t, 2, "one FILE at most")
 }
 
 func TestMultipleKEKs(t *testing.T) {

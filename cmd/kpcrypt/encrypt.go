@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
@@ -60,6 +59,9 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	chunkSize, err := parseSize(*chunk)
 	if err != nil {
 		return usagef("encrypt: --chunk-size: %v", err)
+	}
+	if chunkSize < minChunk || chunkSize > maxChunk {
+		return usagef("encrypt: --chunk-size %s is out of range: give 4KiB to 16MiB", *chunk)
 	}
 	encCtx, err := parseContext(contexts)
 	if err != nil {
@@ -118,26 +120,6 @@ func operand(ops []string) string {
 		return "-"
 	}
 	return ops[0]
-}
-
-// parseSize reads a byte count with an optional KiB or MiB suffix.
-func parseSize(s string) (int, error) {
-	mult := 1
-	t := strings.TrimSpace(s)
-	for _, suf := range []struct {
-		s string
-		m int
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"K", 1 << 10}, {"M", 1 << 20}} {
-		if v, ok := strings.CutSuffix(t, suf.s); ok {
-			t, mult = v, suf.m
-			break
-		}
-	}
-	n, err := strconv.Atoi(t)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a size", s)
-	}
-	return n * mult, nil
 }
 
 func parseContext(pairs []string) (map[string]string, error) {

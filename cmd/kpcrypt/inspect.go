@@ -32,7 +32,7 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	kmsTimeout := kmsTimeoutFlag(fs)
 	operands, err := parseFlags(fs, args)
 	if errors.Is(err, errHelp) {
-		helpFor(fs, u.stdout, "kpcrypt inspect [--json] [--current [--kek URI]...] FILE")
+		helpFor(fs, u.stdout, "kpcrypt inspect [--json] [--current [--kek URI]...] [FILE]\n\nFILE defaults to standard input, as \"-\" does.")
 		return errHelp
 	}
 	if err != nil {
@@ -41,10 +41,10 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	if err := refusePINValue(keks...); err != nil {
 		return err
 	}
-	if len(operands) != 1 {
-		return usagef("inspect: want one FILE (or - for standard input), got %d", len(operands))
+	if len(operands) > 1 {
+		return usagef("inspect: one FILE at most (standard input without one), got %d", len(operands))
 	}
-	in, err := openInput(u, operands[0])
+	in, err := openInput(u, operand(operands))
 	if err != nil {
 		return err
 	}
