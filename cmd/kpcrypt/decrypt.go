@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
 )
@@ -75,10 +78,39 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
 	}
 	defer r.Close()
-	if _, err := io.Copy(o, r); err != nil {
+	var plain io.Reader = r
+	if *out == "" && isTerminal(u.stdout) {
+		// As age does: binary plaintext is not printed on a terminal,
+		// where it would garble the screen or play escape sequences; text
+		// is. "-o -" prints whatever it is.
+		br := bufio.NewReaderSize(r, 1024)
+		head, _ := br.Peek(512)
+		if !printable(head) {
+			return fmt.Errorf("refusing to print binary plaintext to a terminal: use -o OUT, or -o - to print it anyway")
+		}
+		plain = br
+	}
+	if _, err := io.Copy(o, plain); err != nil {
 		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
 	}
 	return o.commit(u)
+}
+
+// printable reports whether b looks like text: valid UTF-8 (a sequence
+// cut at the end allowed) without control characters but tab, newline and
+// carriage return.
+func printable(b []byte) bool {
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		if r == utf8.RuneError && size <= 1 {
+			return len(b) < utf8.UTFMax && !utf8.FullRune(b) // a rune cut by the peek
+		}
+		if r != '\t' && r != '\n' && r != '\r' && (unicode.IsControl(r) || r == 0x7f) {
+			return false
+		}
+		b = b[size:]
+	}
+	return true
 }
 
 // explain rewords the library's errors for the command line.

@@ -33,6 +33,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/kpcrypt/kpcrypt/kms/pkcs11"
 )
@@ -117,10 +118,36 @@ Environment for PKCS#11 tokens:
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	finished := make(chan struct{})
+	go func() {
+		// An interrupt cancels ctx, and the command stops between reads
+		// and writes, abandoning its output. A read that never returns (a
+		// terminal, a silent pipe) cannot see it: after a grace period the
+		// process ends with the interrupt's status anyway. Outputs are
+		// never half-committed: an unnamed temporary file vanishes, a named
+		// one is removed by the next run.
+		select {
+		case <-ctx.Done():
+		case <-finished:
+			return
+		}
+		t := time.NewTimer(interruptGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			fmt.Fprint(os.Stderr, "\rkpcrypt: interrupted\n")
+			os.Exit(130)
+		case <-finished:
+		}
+	}()
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	close(finished)
 	stop()
 	os.Exit(code)
 }
+
+// interruptGrace is how long an interrupted command may take to stop.
+const interruptGrace = 2 * time.Second
 
 // run executes one command line and returns the exit status.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {

@@ -100,3 +100,67 @@ func TestProgressBar(t *testing.T) {
 		t.Fatalf("small input: exit %d, terminal showed %q", code, screen)
 	}
 }
+
+// Binary plaintext is not printed on a terminal, as age refuses it; text
+// is, and "-o -" prints anything.
+func TestBinaryPlaintextNotToTerminal(t *testing.T) {
+	dir, pt := setup(t, 5000) // random bytes
+	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "-o", "bin.kpc", "plain.bin").expect(t, 0)
+	os.WriteFile(filepath.Join(dir, "hello"), []byte("hello, kpcrypt\n"), 0o600)
+	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "-o", "text.kpc", "hello").expect(t, 0)
+
+	code, screen, stderr := runWithTTY(t, dir, true, "decrypt", "--kek", "local:kek.json", "bin.kpc")
+	if code != 1 || !strings.Contains(string(stderr), "refusing to print binary plaintext to a terminal") || len(screen) != 0 {
+		t.Fatalf("binary to a terminal: exit %d, %d bytes shown, stderr %q", code, len(screen), stderr)
+	}
+	code, screen, _ = runWithTTY(t, dir, true, "decrypt", "--kek", "local:kek.json", "text.kpc")
+	if code != 0 || !strings.Contains(screen, "hello, kpcrypt") {
+		t.Fatalf("text to a terminal: exit %d, screen %q", code, screen)
+	}
+	code, screen, _ = runWithTTY(t, dir, true, "decrypt", "--kek", "local:kek.json", "-o", "-", "bin.kpc")
+	if code != 0 || len(screen) < len(pt) {
+		t.Fatalf("-o - to a terminal: exit %d, %d bytes shown", code, len(screen))
+	}
+}
+
+// Ctrl-C during a command that waits on its input exits 130, on a line of
+// its own, even while a read blocks (a terminal or a silent pipe).
+func TestInterruptExits130(t *testing.T) {
+	dir, _ := setup(t, 10)
+	master, slave := openPTY(t)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(kpcryptBin, "encrypt", "--kek", "local:kek.json", "-o", "out.kpc")
+	cmd.Dir, cmd.Stdin, cmd.Stderr = dir, pr, slave
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pr.Close()
+	slave.Close()
+	var screen bytes.Buffer
+	copied := make(chan struct{})
+	go func() { io.Copy(&screen, master); close(copied) }()
+	// Once more than a pipe's buffer has been written, the command is
+	// reading: its signal handler is in place. Then the pipe stays silent
+	// (open, no data), and the read blocks when the signal comes.
+	chunk := make([]byte, 64<<10)
+	for range 3 {
+		if _, err := pw.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	pw.Close()
+	<-copied
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("exit %v, want 130; terminal showed %q", err, screen.String())
+	}
+	if !strings.HasPrefix(screen.String(), "\rkpcrypt: interrupted") || strings.Contains(screen.String(), "context canceled") {
+		t.Fatalf("terminal showed %q", screen.String())
+	}
+	mustNotExist(t, filepath.Join(dir, "out.kpc"))
+}
