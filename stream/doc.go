@@ -21,7 +21,8 @@
 //   - [NewDecryptReader] (or [Cipher.NewReader]) decrypts a stream read in
 //     order.
 //   - [NewDecryptReaderAt] (or [Cipher.NewReaderAt]) decrypts only the chunks a
-//     read touches, and implements [io.ReaderAt] and [io.Seeker].
+//     read touches, and implements [io.ReaderAt]; wrap it in an
+//     [io.SectionReader] per caller for Read and Seek.
 //
 // Writers and readers use Options.Workers goroutines to seal and open chunks in
 // parallel (GOMAXPROCS by default) and keep their output in order. Their memory
