@@ -85,6 +85,7 @@ func mustNotOpen(t *testing.T, desc string, k kms.KEK, file []byte) {
 // of Encrypt at every chunk boundary and inside chunks, with and without
 // compression, and checks that the output never decrypts.
 func TestEncryptNeverFinalisesAfterAnError(t *testing.T) {
+	defer goleak.VerifyNone(t)
 	ctx := t.Context()
 	k := newLocalKEK(t, "kek")
 	pt := testPlaintext(5*testChunkSize + 77)
@@ -134,6 +135,7 @@ func TestEncryptNeverFinalisesAfterAnError(t *testing.T) {
 // TestWriterAbort checks envelope.Writer's Abort: no final chunk, Close
 // reports stream.ErrAborted, and writes fail afterwards.
 func TestWriterAbort(t *testing.T) {
+	defer goleak.VerifyNone(t)
 	ctx := t.Context()
 	k := newLocalKEK(t, "kek")
 	pt := testPlaintext(3*testChunkSize + 5)
@@ -181,6 +183,7 @@ func (c *cancelAt) Read(p []byte) (int, error) {
 // before it starts and from within its reader, and checks that the call
 // returns context.Canceled and, for encryption, abandons the file.
 func TestContextStopsStreams(t *testing.T) {
+	defer goleak.VerifyNone(t)
 	k := newLocalKEK(t, "kek")
 	pt := testPlaintext(4 << 20)
 	enc := &Encrypter{KEKs: []kms.KEK{k}}
