@@ -122,8 +122,8 @@ func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, erro
 	if err != nil {
 		return nil, err
 	}
-	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: src}
-	body := io.Reader(ctxReader{r: src, ctx: &r.ctx})
+	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: src, ctx: new(atomic.Pointer[context.Context])}
+	body := io.Reader(ctxReader{r: src, ctx: r.ctx})
 	if r.size >= 0 {
 		bodySize, err := h.Core.Stream.BodySize(r.size)
 		if err != nil {
@@ -361,10 +361,12 @@ func checkContext(have []format.Pair, want map[string]string) error {
 // did. Call Close when done: it stops the Reader's goroutines and waits for
 // them (see [stream.Reader] for the goroutines and the underlying reader).
 type Reader struct {
-	sr            *stream.Reader
-	zr            *zstd.Decoder // set for a compressed file
-	src           io.Reader
-	ctx           atomic.Pointer[context.Context]
+	sr  *stream.Reader
+	zr  *zstd.Decoder // set for a compressed file
+	src io.Reader
+	// ctx is a separate object, not a field, so that the producer reading
+	// the body through it does not keep the Reader reachable.
+	ctx           *atomic.Pointer[context.Context]
 	slot          *OpenedSlot
 	size          int64 // plaintext size from the header, or -1
 	n             int64

@@ -158,8 +158,8 @@ func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*
 	}
 	// The stream's Writer starts its workers only once a full chunk is
 	// written, so a one-chunk file starts none.
-	w := &Writer{size: size}
-	w.dst = ctxWriter{w: dst, ctx: &w.ctx}
+	w := &Writer{size: size, ctx: new(atomic.Pointer[context.Context])}
+	w.dst = ctxWriter{w: dst, ctx: w.ctx}
 	w.sw = c.NewWriter(w.dst, &stream.Options{Workers: e.Workers})
 	if e.Compression == CompressionZstd {
 		if w.zw, err = zstd.NewWriter(w.sw, zstd.WithEncoderConcurrency(1)); err != nil {
@@ -400,7 +400,7 @@ type Writer struct {
 	sw   *stream.Writer
 	zw   *zstd.Encoder // set when compressing
 	dst  ctxWriter     // the underlying writer, checking ctx
-	ctx  atomic.Pointer[context.Context]
+	ctx  *atomic.Pointer[context.Context]
 	size int64 // UnknownSize or the size announced in the header
 	n    int64 // bytes written so far
 	err  error // sticky

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -432,4 +433,51 @@ func TestPanickingKEK(t *testing.T) {
 	if err != nil || string(pt) != "cached" {
 		t.Errorf("Open after a panicking KEK: %q, %v", pt, err)
 	}
+}
+
+// pipelineGoroutines counts the running goroutines of the stream package's
+// pipelines.
+func pipelineGoroutines() int {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "kpcrypt/stream.startWorkers")
+}
+
+// TestDroppedReaderAndWriter drops an envelope Reader and Writer midway,
+// without Close, and checks that their goroutines exit once they are
+// collected: nothing the goroutines hold refers back to them.
+func TestDroppedReaderAndWriter(t *testing.T) {
+	ctx := t.Context()
+	k := newLocalKEK(t, "kek")
+	pt := testPlaintext(40 * testChunkSize)
+	file := mustSeal(t, &Encrypter{KEKs: []kms.KEK{k}, ChunkSize: testChunkSize}, pt)
+	func() {
+		r, err := (&Decrypter{Keyring: KEKs{k}, Workers: 4}).NewReader(ctx, bytes.NewReader(file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.SetContext(ctx)
+		if _, err := io.ReadFull(r, make([]byte, 3*testChunkSize)); err != nil {
+			t.Fatal(err)
+		}
+		w, err := (&Encrypter{KEKs: []kms.KEK{k}, ChunkSize: testChunkSize, Workers: 4}).NewWriter(ctx, io.Discard, UnknownSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.SetContext(ctx)
+		if _, err := w.Write(pt[:10*testChunkSize]); err != nil {
+			t.Fatal(err)
+		}
+		if pipelineGoroutines() == 0 {
+			t.Fatal("no pipeline goroutines while streaming")
+		}
+	}()
+	for range 100 {
+		runtime.GC()
+		runtime.Gosched()
+		if pipelineGoroutines() == 0 {
+			return
+		}
+	}
+	t.Errorf("%d goroutines of dropped streams still run after 100 collections", pipelineGoroutines())
 }
