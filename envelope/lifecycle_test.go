@@ -17,6 +17,7 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"go.uber.org/goleak"
 
 	"github.com/kpcrypt/kpcrypt/kms"
@@ -480,4 +481,51 @@ func TestDroppedReaderAndWriter(t *testing.T) {
 		}
 	}
 	t.Errorf("%d goroutines of dropped streams still run after 100 collections", pipelineGoroutines())
+}
+
+// TestZstdWindowBudget checks the zstd bounds: a large compressed file made
+// by the Encrypter (8 MiB window) decrypts, and a frame asking for a
+// larger window than maxZstdWindow is refused.
+func TestZstdWindowBudget(t *testing.T) {
+	ctx := t.Context()
+	k := newLocalKEK(t, "kek")
+	// 24 MiB that compress, with repeats farther apart than a small window.
+	block := testPlaintext(3 << 20)
+	pt := bytes.Repeat(block, 8)
+	enc := &Encrypter{KEKs: []kms.KEK{k}, Compression: CompressionZstd}
+	var file bytes.Buffer
+	if err := enc.Encrypt(ctx, &file, bytes.NewReader(pt)); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Decrypt(ctx, &out, bytes.NewReader(file.Bytes()), KEKs{k}); err != nil || !bytes.Equal(out.Bytes(), pt) {
+		t.Fatalf("24 MiB compressed: %d bytes, %v", out.Len(), err)
+	}
+
+	// The same plaintext compressed with a 32 MiB window, in a file the
+	// test builds itself.
+	header, c, _, err := enc.newHeader(ctx, UnknownSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file.Reset()
+	file.Write(header)
+	sw := c.NewWriter(&file, nil)
+	zw, err := zstd.NewWriter(sw, zstd.WithWindowSize(32<<20), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := zw.Write(pt); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err = Decrypt(ctx, io.Discard, bytes.NewReader(file.Bytes()), KEKs{k})
+	if err == nil || !strings.Contains(err.Error(), "window") {
+		t.Errorf("a frame with a 32 MiB window: %v, want it refused", err)
+	}
 }
