@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -64,19 +65,23 @@ type OpenedSlot struct {
 
 // Decrypt decrypts src into dst with the KEKs of keyring. Plaintext reaches
 // dst chunk by chunk, each after it authenticated; on an error, what was
-// written before it is authentic but incomplete.
+// written before it is authentic but incomplete. ctx bounds the KMS calls
+// and the stream: once it is done, decryption stops at the next chunk with
+// an error matching ctx.Err().
 func Decrypt(ctx context.Context, dst io.Writer, src io.Reader, keyring Keyring) error {
 	return (&Decrypter{Keyring: keyring}).Decrypt(ctx, dst, src)
 }
 
 // Open decrypts a whole file held in memory. It returns no plaintext unless
-// all of it authenticated.
+// all of it authenticated. ctx bounds the KMS calls and the decryption, as
+// for [Decrypt].
 func Open(ctx context.Context, ciphertext []byte, keyring Keyring) ([]byte, error) {
 	return (&Decrypter{Keyring: keyring}).Open(ctx, ciphertext)
 }
 
 // NewReader reads the header from src, opens a key slot with keyring, and
-// returns a Reader of the plaintext.
+// returns a Reader of the plaintext. ctx bounds the KMS calls; see
+// [Reader.SetContext] to bind a context to the stream.
 func NewReader(ctx context.Context, src io.Reader, keyring Keyring) (*Reader, error) {
 	return (&Decrypter{Keyring: keyring}).NewReader(ctx, src)
 }
@@ -93,6 +98,7 @@ func (d *Decrypter) Decrypt(ctx context.Context, dst io.Writer, src io.Reader) e
 		return err
 	}
 	defer r.Close()
+	r.SetContext(ctx)
 	_, err = io.Copy(dst, r)
 	return err
 }
@@ -104,6 +110,7 @@ func (d *Decrypter) Open(ctx context.Context, ciphertext []byte) ([]byte, error)
 		return nil, err
 	}
 	defer r.Close()
+	r.SetContext(ctx)
 	var out bytes.Buffer
 	if _, err := io.Copy(&out, r); err != nil {
 		return nil, err
@@ -111,7 +118,8 @@ func (d *Decrypter) Open(ctx context.Context, ciphertext []byte) ([]byte, error)
 	return out.Bytes(), nil
 }
 
-// NewReader returns a Reader of the plaintext of the file read from src.
+// NewReader returns a Reader of the plaintext of the file read from src. ctx
+// bounds the KMS calls made here, not the stream: see [Reader.SetContext].
 func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, error) {
 	h, err := format.ReadHeader(src)
 	if err != nil {
@@ -121,15 +129,15 @@ func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, erro
 	if err != nil {
 		return nil, err
 	}
-	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: src}
-	body := src
+	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: src, ctx: new(atomic.Pointer[context.Context])}
+	body := io.Reader(ctxReader{r: src, ctx: r.ctx})
 	if r.size >= 0 {
 		bodySize, err := h.Core.Stream.BodySize(r.size)
 		if err != nil {
 			return nil, err
 		}
 		// Read no further than the body, to tell trailing data apart.
-		body = io.LimitReader(src, bodySize)
+		body = io.LimitReader(body, bodySize)
 		r.checkTrailing = true
 	}
 	workers := d.Workers
@@ -150,14 +158,19 @@ func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, erro
 }
 
 // Bounds on zstd decoding: the window a frame may ask for, and the memory
-// the decoder may use.
+// the decoder may use. They keep a compressed file's decryption within the
+// same budget as the stream's chunk buffers ([stream.MemoryBudget]): kpcrypt
+// compresses with the encoder's default window (at most 8 MiB), and a
+// frame asking for more is refused.
 const (
-	maxZstdWindow = 64 << 20
-	maxZstdMemory = 256 << 20
+	maxZstdWindow = 8 << 20
+	maxZstdMemory = 32 << 20
 )
 
 // NewReaderAt opens the size-byte file in src for reading at random offsets.
-// It authenticates the final chunk before it returns.
+// It authenticates the final chunk before it returns. The ReaderAt has no
+// offset of its own, so any number of callers may share it: see
+// [ReaderAt].
 func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64) (*ReaderAt, error) {
 	h, err := format.ReadHeader(io.NewSectionReader(src, 0, size))
 	if err != nil {
@@ -187,7 +200,7 @@ func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64
 	if want := h.Core.PlaintextSize; want >= 0 && sra.Size() != want {
 		return nil, fmt.Errorf("envelope: %w: the body holds %d bytes, the header says %d", ErrSizeMismatch, sra.Size(), want)
 	}
-	return &ReaderAt{ReaderAt: sra, slot: slot}, nil
+	return &ReaderAt{ra: sra, slot: slot}, nil
 }
 
 // openHeader checks the context, then opens a key slot and returns the
@@ -250,11 +263,16 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersio
 			}
 			return dek, c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion}, nil
 		}
-		dek, c, opened, err := tryKEKs(ctx, h, i, &slot, keks, aad, noKEK)
-		if dek != nil {
-			cache.put(slot.URI, slot.Wrapped, aad, dek, opened.unwrappedVersion)
-		}
-		release()
+		// release runs even if a KEK panics, so that the callers waiting
+		// for this slot go on.
+		dek, c, opened, err := func() ([]byte, *stream.Cipher, *OpenedSlot, error) {
+			defer release()
+			dek, c, opened, err := tryKEKs(ctx, h, i, &slot, keks, aad, noKEK)
+			if dek != nil {
+				cache.put(slot.URI, slot.Wrapped, aad, dek, opened.unwrappedVersion)
+			}
+			return dek, c, opened, err
+		}()
 		if dek != nil || err != nil {
 			return dek, c, opened, err
 		}
@@ -351,11 +369,15 @@ func checkContext(have []format.Pair, want map[string]string) error {
 
 // Reader decrypts a file read in order. It releases plaintext only after
 // its chunk authenticated, and reports io.EOF only after the final chunk
-// did. Call Close when done, to stop its goroutines.
+// did. Call Close when done: it stops the Reader's goroutines and waits for
+// them (see [stream.Reader] for the goroutines and the underlying reader).
 type Reader struct {
-	sr            *stream.Reader
-	zr            *zstd.Decoder // set for a compressed file
-	src           io.Reader
+	sr  *stream.Reader
+	zr  *zstd.Decoder // set for a compressed file
+	src io.Reader
+	// ctx is a separate object, not a field, so that the producer reading
+	// the body through it does not keep the Reader reachable.
+	ctx           *atomic.Pointer[context.Context]
 	slot          *OpenedSlot
 	size          int64 // plaintext size from the header, or -1
 	n             int64
@@ -365,6 +387,26 @@ type Reader struct {
 
 // Slot tells which key slot opened the file.
 func (r *Reader) Slot() OpenedSlot { return *r.slot }
+
+// SetContext binds ctx to the stream: once ctx is done, the Reader fails
+// at the next chunk with an error matching ctx.Err(). The context given to
+// NewReader bounds only the KMS calls. Call SetContext before reading.
+func (r *Reader) SetContext(ctx context.Context) {
+	r.ctx.Store(&ctx)
+}
+
+// ctxReader fails reads once the context it points to is done.
+type ctxReader struct {
+	r   io.Reader
+	ctx *atomic.Pointer[context.Context]
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := ctxErr(c.ctx); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
 
 // Read reads plaintext into p.
 func (r *Reader) Read(p []byte) (int, error) {
@@ -408,8 +450,11 @@ func (r *Reader) atEOF() error {
 		r.end = fmt.Errorf("envelope: %w: %d bytes decrypted, the header says %d", ErrSizeMismatch, r.n, r.size)
 	} else if r.checkTrailing {
 		var b [1]byte
-		if n, _ := io.ReadFull(r.src, b[:]); n > 0 {
+		if n, err := io.ReadFull(r.src, b[:]); n > 0 {
 			r.end = fmt.Errorf("envelope: %w", ErrTrailingData)
+		} else if err != io.EOF {
+			// Not knowing whether data follows is not the end.
+			r.end = fmt.Errorf("envelope: checking for trailing data: %w", err)
 		}
 	}
 	return r.end
@@ -435,12 +480,22 @@ func (r *Reader) Close() error {
 	return r.sr.Close()
 }
 
-// ReaderAt reads a file's plaintext at random offsets. It implements
-// io.ReaderAt, io.Reader and io.Seeker; Size returns the plaintext size.
+// ReaderAt reads a file's plaintext at random offsets. ReadAt is safe for
+// concurrent use, and a ReaderAt has no offset of its own: it has no Read
+// or Seek. A caller who wants an [io.ReadSeeker] (for [net/http.ServeContent],
+// say) takes its own io.NewSectionReader(ra, 0, ra.Size()), one per
+// request or goroutine.
 type ReaderAt struct {
-	*stream.ReaderAt
+	ra   *stream.ReaderAt
 	slot *OpenedSlot
 }
+
+// ReadAt reads len(p) bytes of plaintext starting at offset off, opening
+// only the chunks it touches. It implements [io.ReaderAt].
+func (r *ReaderAt) ReadAt(p []byte, off int64) (int, error) { return r.ra.ReadAt(p, off) }
+
+// Size returns the plaintext size, authenticated by the final chunk.
+func (r *ReaderAt) Size() int64 { return r.ra.Size() }
 
 // Slot tells which key slot opened the file.
 func (r *ReaderAt) Slot() OpenedSlot { return *r.slot }

@@ -22,7 +22,8 @@
 // # Entry points
 //
 //   - [Encrypt] and [Encrypter.NewWriter] encrypt a stream; [Seal] a small
-//     byte slice.
+//     byte slice. A [Writer] ends with Close, which writes the final chunk,
+//     or, on any error, with Abort: an abandoned file never decrypts.
 //   - [Decrypt] and [NewReader] decrypt a stream; [Open] a byte slice.
 //   - [NewReaderAt] decrypts at random offsets, opening only the chunks a
 //     read touches.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -82,17 +83,23 @@ type Encrypter struct {
 }
 
 // Encrypt encrypts src into dst under keks, each wrapping the file's DEK.
+// ctx bounds the KMS calls and the stream: once it is done, the encryption
+// stops at the next chunk. On any error, from src, dst or ctx, what was
+// written to dst lacks its final chunk and does not decrypt.
 func Encrypt(ctx context.Context, dst io.Writer, src io.Reader, keks ...kms.KEK) error {
 	return (&Encrypter{KEKs: keks}).Encrypt(ctx, dst, src)
 }
 
-// Seal encrypts a small plaintext under keks and returns the whole file.
+// Seal encrypts a small plaintext under keks and returns the whole file. ctx
+// bounds the KMS calls and the stream, as for [Encrypt].
 func Seal(ctx context.Context, plaintext []byte, keks ...kms.KEK) ([]byte, error) {
 	return (&Encrypter{KEKs: keks}).Seal(ctx, plaintext)
 }
 
 // Encrypt encrypts src into dst. When src is a regular file its size is
-// recorded in the header.
+// recorded in the header. ctx bounds the KMS calls and the stream, and on
+// any error the stream is abandoned without its final chunk; see the
+// function [Encrypt].
 func (e *Encrypter) Encrypt(ctx context.Context, dst io.Writer, src io.Reader) error {
 	size := int64(UnknownSize)
 	if f, ok := src.(*os.File); ok {
@@ -106,8 +113,9 @@ func (e *Encrypter) Encrypt(ctx context.Context, dst io.Writer, src io.Reader) e
 	if err != nil {
 		return err
 	}
+	w.SetContext(ctx)
 	if _, err := io.Copy(w, src); err != nil {
-		w.Close()
+		w.Abort(err)
 		return err
 	}
 	return w.Close()
@@ -120,8 +128,9 @@ func (e *Encrypter) Seal(ctx context.Context, plaintext []byte) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
+	w.SetContext(ctx)
 	if _, err := w.Write(plaintext); err != nil {
-		w.Close()
+		w.Abort(err)
 		return nil, err
 	}
 	if err := w.Close(); err != nil {
@@ -133,21 +142,28 @@ func (e *Encrypter) Seal(ctx context.Context, plaintext []byte) ([]byte, error) 
 // NewWriter wraps a fresh DEK under every KEK, writes the header to dst, and
 // returns a Writer for the plaintext. size is the plaintext size, recorded in
 // the header, or [UnknownSize]; when it is given, Close fails unless exactly
-// size bytes were written. Close must be called; it does not close dst.
+// size bytes were written. ctx bounds the KMS calls made here, not the
+// stream: [Writer.SetContext] binds a context to the stream. End the Writer
+// with Close once all the plaintext is written, or with Abort on an error;
+// neither closes dst.
 func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*Writer, error) {
 	header, c, shared, err := e.newHeader(ctx, size)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := dst.Write(header); err != nil {
+	if n, err := dst.Write(header); err != nil {
 		return nil, err
+	} else if n < len(header) {
+		return nil, fmt.Errorf("envelope: writing the header: %w", io.ErrShortWrite)
 	}
 	// The stream's Writer starts its workers only once a full chunk is
 	// written, so a one-chunk file starts none.
-	w := &Writer{sw: c.NewWriter(dst, &stream.Options{Workers: e.Workers}), size: size}
+	w := &Writer{size: size, ctx: new(atomic.Pointer[context.Context])}
+	w.dst = ctxWriter{w: dst, ctx: w.ctx}
+	w.sw = c.NewWriter(w.dst, &stream.Options{Workers: e.Workers})
 	if e.Compression == CompressionZstd {
 		if w.zw, err = zstd.NewWriter(w.sw, zstd.WithEncoderConcurrency(1)); err != nil {
-			w.sw.Close()
+			w.sw.Abort(err)
 			return nil, err
 		}
 	}
@@ -167,6 +183,9 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 		return nil, nil, nil, fmt.Errorf("envelope: %d KEKs, over the limit of %d key slots", len(e.KEKs), MaxSlots)
 	}
 	for i, k := range e.KEKs {
+		if k == nil {
+			return nil, nil, nil, fmt.Errorf("envelope: KEK %d is nil", i)
+		}
 		for _, other := range e.KEKs[:i] {
 			if k.URI() == other.URI() {
 				return nil, nil, nil, fmt.Errorf("envelope: KEK %s given twice", k.URI())
@@ -308,13 +327,23 @@ func (e *Encrypter) ClearDataKey() {
 }
 
 // wrapAll wraps dek under every KEK at once, one slot each, with the
-// associated data aad gives for each URI.
+// associated data aad gives for each URI. A KEK that panics makes wrapAll
+// panic with the same value, on the caller's goroutine, once every KEK has
+// returned.
 func wrapAll(ctx context.Context, keks []kms.KEK, dek []byte, aad func(uri string) []byte, recipe uint8) ([]format.Slot, error) {
 	slots := make([]format.Slot, len(keks))
 	errs := make([]error, len(keks))
+	panics := make([]any, len(keks))
 	var wg sync.WaitGroup
 	for i, kek := range keks {
 		wg.Go(func() {
+			defer func() {
+				if v := recover(); v != nil {
+					panics[i] = v
+				} else if errs[i] == nil && slots[i].URI == "" {
+					errs[i] = fmt.Errorf("envelope: KEK %d stopped its goroutine while wrapping", i)
+				}
+			}()
 			uri := kek.URI()
 			w, err := kek.Wrap(ctx, dek, aad(uri))
 			if err != nil {
@@ -325,6 +354,11 @@ func wrapAll(ctx context.Context, keks []kms.KEK, dek []byte, aad func(uri strin
 		})
 	}
 	wg.Wait()
+	for _, v := range panics {
+		if v != nil {
+			panic(v)
+		}
+	}
 	for _, err := range errs {
 		if err != nil {
 			return nil, err
@@ -352,18 +386,62 @@ func sortedContext(m map[string]string) []format.Pair {
 
 // Writer encrypts what is written to it. It implements io.WriteCloser and
 // io.ReaderFrom. It is not safe for concurrent use.
+//
+// End a Writer with Close once all the plaintext is written: Close writes
+// the final chunk, which makes the file valid. On an error, end it with
+// Abort, which writes no final chunk, so that what reached the underlying
+// writer never decrypts, not even to a prefix. Any error the Writer sees —
+// from the underlying writer, from the reader given to ReadFrom, from the
+// context bound with SetContext, or a size other than the one announced —
+// fails it for good, and Close then abandons the file too and returns the
+// error. Both Close and Abort stop the Writer's goroutines before they
+// return.
 type Writer struct {
 	sw   *stream.Writer
 	zw   *zstd.Encoder // set when compressing
-	size int64         // UnknownSize or the size announced in the header
-	n    int64         // bytes written so far
-	err  error         // sticky: more bytes were offered than announced
-	// onClose, if set, learns the plaintext size at Close.
+	dst  ctxWriter     // the underlying writer, checking ctx
+	ctx  *atomic.Pointer[context.Context]
+	size int64 // UnknownSize or the size announced in the header
+	n    int64 // bytes written so far
+	err  error // sticky
+	done bool  // Close or Abort was called
+	// onClose, if set, learns the plaintext size at Close or Abort.
 	onClose func(n int64)
+}
+
+// ctxWriter fails writes once the context it points to is done.
+type ctxWriter struct {
+	w   io.Writer
+	ctx *atomic.Pointer[context.Context]
+}
+
+func (c ctxWriter) Write(p []byte) (int, error) {
+	if err := ctxErr(c.ctx); err != nil {
+		return 0, err
+	}
+	return c.w.Write(p)
+}
+
+func ctxErr(p *atomic.Pointer[context.Context]) error {
+	if ctx := p.Load(); ctx != nil {
+		return (*ctx).Err()
+	}
+	return nil
+}
+
+// SetContext binds ctx to the stream: once ctx is done, the Writer fails
+// at the next chunk with ctx.Err(), and the file is abandoned without its
+// final chunk. The context given to NewWriter bounds only the KMS calls.
+// Call SetContext before writing.
+func (w *Writer) SetContext(ctx context.Context) {
+	w.ctx.Store(&ctx)
 }
 
 // Write encrypts p.
 func (w *Writer) Write(p []byte) (int, error) {
+	if w.done {
+		return 0, stream.ErrClosed
+	}
 	if w.err != nil {
 		return 0, w.err
 	}
@@ -379,11 +457,18 @@ func (w *Writer) Write(p []byte) (int, error) {
 		n, err = w.sw.Write(p)
 	}
 	w.n += int64(n)
+	if err != nil {
+		w.err = err
+	}
 	return n, err
 }
 
-// ReadFrom encrypts what it reads from r until io.EOF.
+// ReadFrom encrypts what it reads from r until io.EOF. An error from r
+// fails the Writer, like any other.
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if w.done {
+		return 0, stream.ErrClosed
+	}
 	if w.err != nil {
 		return 0, w.err
 	}
@@ -400,36 +485,62 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	}
 	w.n += n
 	if err == nil && w.size >= 0 && w.n > w.size {
-		w.err = fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
-		err = w.err
+		err = fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
+	}
+	if err != nil {
+		w.err = err
 	}
 	return n, err
 }
 
-// Close writes the final chunk. It fails if the plaintext size was announced
-// and not met, including when a Write was refused for going past it. It
-// does not close the underlying writer.
+// Close writes the final chunk, once all the plaintext is written. If the
+// Writer failed, or the plaintext size was announced and not met
+// (including when a Write was refused for going past it), Close writes no
+// final chunk and returns the error: the file does not decrypt. After Abort
+// it returns Abort's error. It does not close the underlying writer.
 func (w *Writer) Close() error {
-	var zerr error
-	if w.zw != nil {
-		zerr = w.zw.Close()
+	if w.done {
+		return w.err
 	}
-	err := w.sw.Close()
-	if err == nil {
-		err = zerr
+	if w.err == nil && w.size >= 0 && w.n != w.size {
+		w.err = fmt.Errorf("envelope: %w: %d bytes written, %d announced", ErrSizeMismatch, w.n, w.size)
 	}
+	if w.err == nil && w.zw != nil {
+		if err := w.zw.Close(); err != nil {
+			w.err = err
+		}
+	}
+	if w.err != nil {
+		w.sw.Abort(w.err)
+	} else {
+		w.err = w.sw.Close()
+	}
+	w.finish()
+	return w.err
+}
+
+// Abort abandons the file: it writes no final chunk, so what was written to
+// the underlying writer never decrypts, and it stops the Writer's
+// goroutines before it returns. Later calls fail. Close then returns the
+// error that had failed the Writer, if any, or else an error matching
+// [stream.ErrAborted] and, when err is not nil, err. Abort after Close, or
+// after another Abort, does nothing.
+func (w *Writer) Abort(err error) {
+	if w.done {
+		return
+	}
+	w.sw.Abort(err)
+	if w.err == nil {
+		w.err = w.sw.Close()
+	}
+	w.finish()
+}
+
+func (w *Writer) finish() {
+	w.done = true
+	w.zw = nil
 	if w.onClose != nil {
 		w.onClose(w.n)
 		w.onClose = nil
 	}
-	if w.err != nil {
-		return w.err
-	}
-	if err != nil {
-		return err
-	}
-	if w.size >= 0 && w.n != w.size {
-		return fmt.Errorf("envelope: %w: %d bytes written, %d announced", ErrSizeMismatch, w.n, w.size)
-	}
-	return nil
 }

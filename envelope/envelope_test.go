@@ -314,17 +314,25 @@ func TestNewReaderAt(t *testing.T) {
 				}
 			}
 
-			// Seek and Read.
+			// No shared offset: Read and Seek come from a SectionReader
+			// of the caller's own.
+			if _, ok := any(ra).(io.Seeker); ok {
+				t.Error("ReaderAt has a Seek method")
+			}
+			if _, ok := any(ra).(io.Reader); ok {
+				t.Error("ReaderAt has a Read method")
+			}
+			sr := io.NewSectionReader(ra, 0, ra.Size())
 			seek := func(off int64, whence int, want int64) {
 				t.Helper()
-				if got, err := ra.Seek(off, whence); err != nil || got != want {
+				if got, err := sr.Seek(off, whence); err != nil || got != want {
 					t.Fatalf("Seek(%d, %d) = %d, %v; want %d", off, whence, got, err, want)
 				}
 			}
 			read := func(n, at int) {
 				t.Helper()
 				buf := make([]byte, n)
-				if _, err := io.ReadFull(ra, buf); err != nil || !bytes.Equal(buf, pt[at:at+n]) {
+				if _, err := io.ReadFull(sr, buf); err != nil || !bytes.Equal(buf, pt[at:at+n]) {
 					t.Fatalf("Read %d bytes at %d: %v", n, at, err)
 				}
 			}
@@ -333,18 +341,18 @@ func TestNewReaderAt(t *testing.T) {
 			seek(-10, io.SeekCurrent, 140)
 			read(testChunkSize, 140)
 			seek(-5, io.SeekEnd, int64(len(pt)-5))
-			if rest, err := io.ReadAll(ra); err != nil || !bytes.Equal(rest, pt[len(pt)-5:]) {
+			if rest, err := io.ReadAll(sr); err != nil || !bytes.Equal(rest, pt[len(pt)-5:]) {
 				t.Fatalf("read to the end: %q, %v", rest, err)
 			}
 			seek(10, io.SeekEnd, int64(len(pt)+10))
-			if n, err := ra.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			if n, err := sr.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 				t.Fatalf("Read past the end: %d, %v", n, err)
 			}
-			if _, err := ra.Seek(-1, io.SeekStart); err == nil {
+			if _, err := sr.Seek(-1, io.SeekStart); err == nil {
 				t.Error("Seek to a negative offset succeeded")
 			}
 			seek(0, io.SeekStart, 0)
-			if err := iotest.TestReader(ra, pt); err != nil {
+			if err := iotest.TestReader(io.NewSectionReader(ra, 0, ra.Size()), pt); err != nil {
 				t.Error(err)
 			}
 		})
@@ -621,8 +629,9 @@ func TestWriterSizeMismatch(t *testing.T) {
 	cases := []struct {
 		name  string
 		write func(w *Writer) error
-		// complete is whether the output, Close's error ignored, still
-		// decrypts (the extra byte was refused and never written).
+		// complete was whether the output, Close's error ignored, still
+		// decrypts; now no case does: after an error Close abandons the
+		// file, even when the extra byte was refused and never written.
 		complete bool
 	}{
 		{"N+1 in one Write", func(w *Writer) error { _, err := w.Write(pt); return err }, false},
@@ -632,7 +641,7 @@ func TestWriterSizeMismatch(t *testing.T) {
 			}
 			_, err := w.Write(pt[n:])
 			return err
-		}, true},
+		}, false},
 		{"N+1 by ReadFrom", func(w *Writer) error { _, err := w.ReadFrom(bytes.NewReader(pt)); return err }, false},
 		{"N-1 by Write", func(w *Writer) error { _, err := w.Write(pt[:n-1]); return err }, false},
 		{"N-1 by ReadFrom", func(w *Writer) error { _, err := w.ReadFrom(bytes.NewReader(pt[:n-1])); return err }, false},
@@ -671,20 +680,36 @@ func TestWriterSizeMismatch(t *testing.T) {
 	}
 }
 
-// A file whose size the writer got wrong (the caller ignored Close's error)
-// decrypts with ErrSizeMismatch.
+// A file whose body holds another size than its header says decrypts with
+// ErrSizeMismatch. The Writer never makes one (Close abandons the file), so
+// the test writes the body with the stream engine.
 func TestDecryptSizeMismatch(t *testing.T) {
 	ctx := t.Context()
 	k := newLocalKEK(t, "kek")
 	const n = 2*testChunkSize + 10
 	var ct bytes.Buffer
-	w, err := (&Encrypter{KEKs: []kms.KEK{k}, ChunkSize: testChunkSize}).NewWriter(ctx, &ct, n)
+	enc := &Encrypter{KEKs: []kms.KEK{k}, ChunkSize: testChunkSize}
+	w, err := enc.NewWriter(ctx, &ct, n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.Write(testPlaintext(n - 1))
 	if err := w.Close(); !errors.Is(err, ErrSizeMismatch) {
 		t.Fatalf("Close: %v", err)
+	}
+	if _, err := Open(ctx, ct.Bytes(), KEKs{k}); !errors.Is(err, stream.ErrTruncated) {
+		t.Errorf("the abandoned file: %v, want stream.ErrTruncated", err)
+	}
+	header, c, _, err := enc.newHeader(ctx, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct.Reset()
+	ct.Write(header)
+	sw := c.NewWriter(&ct, nil)
+	sw.Write(testPlaintext(n - 1))
+	if err := sw.Close(); err != nil {
+		t.Fatal(err)
 	}
 	_, err = Open(ctx, ct.Bytes(), KEKs{k})
 	checkClass(t, "Open", err, ErrSizeMismatch)

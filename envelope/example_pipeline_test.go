@@ -108,6 +108,8 @@ func ExampleEncrypter_NewWriter() {
 		fmt.Fprintf(bw, "record %d\n", i)
 	}
 	if err := bw.Flush(); err != nil {
+		// Abandon the object: without its final chunk it never decrypts.
+		w.Abort(err)
 		log.Fatal(err)
 	}
 	if err := w.Close(); err != nil {

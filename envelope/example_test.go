@@ -106,10 +106,13 @@ func ExampleNewReaderAt() {
 		log.Fatal(err)
 	}
 	fmt.Printf("%q\n", line)
-	if _, err := ra.Seek(-12, io.SeekEnd); err != nil {
+	// ReaderAt keeps no offset, so that any number of goroutines may share
+	// it: each reader in order takes a SectionReader of its own.
+	sr := io.NewSectionReader(ra, 0, ra.Size())
+	if _, err := sr.Seek(-12, io.SeekEnd); err != nil {
 		log.Fatal(err)
 	}
-	last, err := io.ReadAll(ra)
+	last, err := io.ReadAll(sr)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -71,6 +71,21 @@ func BenchmarkEncrypt(b *testing.B) {
 				}
 			}
 		})
+		b.Run(fmt.Sprintf("Write1MiB/workers=%d", workers), func(b *testing.B) {
+			b.SetBytes(benchSize)
+			b.ReportAllocs()
+			for b.Loop() {
+				w := c.NewWriter(io.Discard, opts)
+				for p := pt; len(p) > 0; p = p[1<<20:] {
+					if _, err := w.Write(p[:1<<20]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := w.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 		b.Run(fmt.Sprintf("ReadFrom/workers=%d", workers), func(b *testing.B) {
 			b.SetBytes(benchSize)
 			b.ReportAllocs()

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
@@ -153,8 +154,22 @@ type Options struct {
 	ChunkSize int
 	// Workers is the number of goroutines that seal or open chunks. Zero
 	// means runtime.GOMAXPROCS(0). One gives the smallest footprint: a single
-	// chunk buffer and no goroutine.
+	// chunk buffer and no goroutine. [MemoryBudget] bounds the chunk buffers
+	// whatever the number of workers, so with very large chunks fewer
+	// workers are busy at once.
 	Workers int
+	// Context, when set, is checked before each chunk: once it is done, the
+	// stream fails with its error at the next chunk. A Writer then abandons
+	// the stream (no final chunk); a Reader returns the error after the
+	// plaintext of the chunks already authenticated. Nil means none.
+	Context context.Context
+}
+
+func (o *Options) context() context.Context {
+	if o == nil {
+		return nil
+	}
+	return o.Context
 }
 
 func (o *Options) workers() int {
@@ -172,8 +187,9 @@ func (o *Options) chunkSize() int {
 }
 
 // NewEncryptWriter writes a new stream header to dst and returns a Writer
-// that encrypts into dst what is written to it. Close must be called to write
-// the final chunk; it does not close dst.
+// that encrypts into dst what is written to it. Close writes the final chunk
+// once all the plaintext is written; on an error, Abort abandons the stream
+// (see [Writer]). Neither closes dst.
 func NewEncryptWriter(dst io.Writer, dek []byte, opts *Options) (*Writer, error) {
 	h, err := NewHeader(dek, opts.chunkSize())
 	if err != nil {

@@ -31,8 +31,12 @@ var (
 	// encryptor refuses to go on rather than reuse a nonce.
 	ErrTooLong = errors.New("stream exceeds the chunk counter limit")
 
-	// ErrClosed is returned by a Writer used after Close.
+	// ErrClosed is returned by a Writer used after Close or Abort.
 	ErrClosed = errors.New("stream writer already closed")
+
+	// ErrAborted is returned by Close after [Writer.Abort]: the stream was
+	// abandoned without its final chunk, so it does not decrypt.
+	ErrAborted = errors.New("stream abandoned without its final chunk")
 )
 
 // HeaderError reports a malformed stream header. It matches

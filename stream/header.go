@@ -146,10 +146,15 @@ func ReadHeader(r io.Reader) (Header, error) {
 
 // BodySize returns the size of the encrypted body (the chunks, without the
 // header) for a plaintext of plaintextSize bytes. It fails with [ErrTooLong]
-// if the plaintext needs more than [MaxChunks] chunks.
+// if the plaintext needs more than [MaxChunks] chunks, and with an error
+// matching [ErrInvalidHeader] if h's chunk size is out of bounds (as in the
+// zero Header).
 func (h Header) BodySize(plaintextSize int64) (int64, error) {
 	if plaintextSize < 0 {
 		return 0, fmt.Errorf("stream: negative plaintext size %d", plaintextSize)
+	}
+	if err := checkChunkSize(h.ChunkSize); err != nil {
+		return 0, err
 	}
 	cs := int64(h.ChunkSize)
 	chunks := plaintextSize/cs + 1

@@ -1,25 +1,41 @@
 package stream
 
 import (
+	"context"
 	"fmt"
 	"io"
-	"runtime"
-	"sync"
+	"sync/atomic"
 )
+
+// errReadAfterClose is the sticky error of a Reader after Close.
+var errReadAfterClose = fmt.Errorf("stream: read after Close")
 
 // Reader decrypts a stream body read in order. Create one with
 // [NewDecryptReader] or [Cipher.NewReader]. It releases the plaintext of a
 // chunk only after the chunk has authenticated, and it returns [io.EOF] only
 // after the final chunk has. It is not safe for concurrent use.
 //
-// With more than one worker the Reader reads and opens chunks ahead of the
-// caller. Call Close if you stop reading before the end of the stream, so
-// that its goroutines stop.
+// With one worker (or a [MemoryBudget] of one chunk) the Reader reads and
+// opens each chunk in Read and WriteTo, on the caller's goroutine. With
+// more, a producer goroutine reads chunks ahead of the caller, so that the
+// plaintext of a chunk is served as soon as it has authenticated even when
+// the next chunk is slow to come, and worker goroutines open them. The
+// goroutines live until the end of the stream, an error, or Close, which
+// stops them and waits for them: it returns only once nothing of the
+// Reader runs or touches the underlying reader, so it first waits for a
+// read of the underlying reader in progress to return (close a pipe or a
+// connection first if it may never return). A panic in the underlying
+// reader, or in the writer given to WriteTo, reaches the caller, and the
+// Reader fails. Call Close if you stop reading before the end of the
+// stream; a Reader dropped without Close lets its goroutines exit once it
+// is garbage collected, after any read in progress.
 type Reader struct {
 	c       *Cipher
 	src     io.Reader
+	ctx     context.Context
 	cs      int
 	workers int
+	nbuf    int // most chunk buffers the Reader may hold
 
 	cur   *chunk // the chunk being served: plaintext in cur.buf[off:]
 	off   int
@@ -28,24 +44,29 @@ type Reader struct {
 	pipe  *decPipe
 }
 
-// decPipe is a reader's parallel pipeline: one goroutine reads chunks from
-// src, workers open them, and the caller takes them in order.
+// decPipe is a Reader's pipeline: a producer goroutine reads chunks from
+// src into free buffers, workers open them, and the caller takes them from
+// order in the stream's order.
 type decPipe struct {
-	work  chan *chunk
+	pool  *workerPool
 	order chan *chunk
 	free  chan *chunk
-	stop  chan struct{}
-	once  sync.Once
+	// bufs counts the chunk buffers the producer allocated.
+	bufs atomic.Int64
 }
 
 // NewReader returns a Reader of the plaintext of the stream body read from
 // src. src must be positioned after the header.
 func (c *Cipher) NewReader(src io.Reader, opts *Options) *Reader {
-	return &Reader{c: c, src: src, cs: c.header.ChunkSize, workers: opts.workers()}
+	cs := c.header.ChunkSize
+	workers := opts.workers()
+	return &Reader{c: c, src: src, ctx: opts.context(), cs: cs, workers: workers, nbuf: maxBuffers(workers, cs)}
 }
 
 // Read reads decrypted plaintext into p.
 func (r *Reader) Read(p []byte) (int, error) {
+	ok := false
+	defer r.guard(&ok)
 	n := 0
 	for n < len(p) {
 		if r.cur == nil || r.off == len(r.cur.buf) {
@@ -60,6 +81,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 		r.off += k
 		n += k
 	}
+	ok = true
 	if n > 0 {
 		return n, nil
 	}
@@ -70,20 +92,27 @@ func (r *Reader) Read(p []byte) (int, error) {
 // an error. It implements [io.WriterTo], so io.Copy uses it and no plaintext
 // is copied through an intermediate buffer.
 func (r *Reader) WriteTo(w io.Writer) (int64, error) {
+	ok := false
+	defer r.guard(&ok)
 	var total int64
 	for {
 		if r.cur != nil && r.off < len(r.cur.buf) {
 			k, err := w.Write(r.cur.buf[r.off:])
+			if k < 0 || k > len(r.cur.buf)-r.off {
+				k, err = 0, fmt.Errorf("stream: the writer wrote %d of %d bytes", k, len(r.cur.buf)-r.off)
+			}
 			r.off += k
 			total += int64(k)
-			if err != nil {
-				return total, err
+			if err == nil && r.off < len(r.cur.buf) {
+				err = io.ErrShortWrite
 			}
-			if r.off < len(r.cur.buf) {
-				return total, io.ErrShortWrite
+			if err != nil {
+				ok = true
+				return total, err
 			}
 		}
 		if r.err != nil {
+			ok = true
 			if r.err == io.EOF {
 				return total, nil
 			}
@@ -93,34 +122,60 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
-// Close stops the Reader's goroutines. It does not close the underlying
-// reader. Reads after Close fail.
+// Close stops the Reader's goroutines and waits for them: once it returns,
+// nothing of the Reader runs or touches the underlying reader, which it does
+// not close. Reads after Close fail.
 func (r *Reader) Close() error {
-	if r.pipe != nil {
-		r.pipe.once.Do(func() { close(r.pipe.stop) })
-	}
 	if r.err == nil || r.err == io.EOF {
-		r.err = fmt.Errorf("stream: read after Close")
+		r.err = errReadAfterClose
 	}
-	// Drop the plaintext not yet read, so that reads after Close fail.
-	if r.cur != nil {
-		r.off = len(r.cur.buf)
-	}
+	r.cur, r.off = nil, 0
+	r.release()
 	return nil
+}
+
+// guard is deferred by Read and WriteTo, with ok set just before a normal
+// return: if the underlying reader or writer panics, the Reader fails and
+// its goroutines stop before the panic goes on to the caller.
+func (r *Reader) guard(ok *bool) {
+	if !*ok {
+		r.fail(errPanicked)
+	}
+}
+
+// fail records err, unless an error is recorded already, drops the
+// plaintext not yet read, and stops the pipeline.
+func (r *Reader) fail(err error) {
+	if r.err == nil {
+		r.err = err
+	}
+	r.cur, r.off = nil, 0
+	r.release()
+}
+
+// release stops the goroutines, waits for them, and drops the buffers.
+func (r *Reader) release() {
+	if r.pipe != nil {
+		r.pipe.pool.stop()
+		r.pipe = nil
+	}
 }
 
 // next makes the next authenticated chunk current, or sets r.err.
 func (r *Reader) next() {
-	if r.workers <= 1 {
+	if r.err != nil {
+		return
+	}
+	if r.workers <= 1 || r.nbuf <= 1 {
 		if r.cur == nil {
 			r.cur = newChunk(r.cs)
 		}
 		ch := r.cur
 		ch.index = r.index
 		r.index++
-		r.readChunk(ch)
+		readChunk(r.src, r.ctx, r.c, ch)
 		if ch.err == nil {
-			r.openChunk(ch)
+			openChunk(r.c, ch)
 		}
 		r.take(ch)
 		return
@@ -135,16 +190,81 @@ func (r *Reader) next() {
 	}
 	ch, ok := <-r.pipe.order
 	if !ok {
-		// The producer stopped without a final chunk or an error: only
-		// after Close.
-		r.err = fmt.Errorf("stream: read after Close")
+		// The producer stopped without a final chunk or an error: its
+		// underlying reader called runtime.Goexit.
+		r.fail(errPanicked)
 		return
 	}
-	<-ch.done
+	ch.wait()
+	if v := ch.panicked; v != nil {
+		r.fail(errPanicked)
+		panic(v)
+	}
 	r.take(ch)
 	if r.err != nil {
-		r.pipe.once.Do(func() { close(r.pipe.stop) })
+		// The final chunk, or an error: nothing follows.
+		r.release()
 	}
+}
+
+// startPipe starts the producer and the workers.
+func (r *Reader) startPipe() {
+	d := &decPipe{order: make(chan *chunk, r.nbuf), free: make(chan *chunk, r.nbuf)}
+	c, src, ctx, cs, nbuf := r.c, r.src, r.ctx, r.cs, r.nbuf
+	produce := func(p *workerPool) {
+		defer close(d.order)
+		for index := uint64(0); ; index++ {
+			if p.stopping() {
+				return
+			}
+			var ch *chunk
+			select {
+			case ch = <-d.free:
+			default:
+				if d.bufs.Load() < int64(nbuf) {
+					d.bufs.Add(1)
+					ch = newChunk(cs)
+					break
+				}
+				select {
+				case ch = <-d.free:
+				case <-p.stopc:
+					return
+				}
+			}
+			ch.index = index
+			ch.ready = false
+			if !readChunkRecover(src, ctx, c, ch) || ch.err != nil {
+				ch.ready = true
+				d.order <- ch
+				return
+			}
+			p.work <- ch
+			d.order <- ch
+			if ch.final {
+				return
+			}
+		}
+	}
+	d.pool = startWorkers(r, r.workers, r.nbuf, func(ch *chunk) { openChunk(c, ch) }, produce)
+	r.pipe = d
+}
+
+// readChunkRecover is readChunk that recovers a panic of src into
+// ch.panicked. It reports whether src returned normally.
+func readChunkRecover(src io.Reader, ctx context.Context, c *Cipher, ch *chunk) (ok bool) {
+	defer func() {
+		if !ok {
+			ch.panicked = recover()
+			if ch.panicked == nil {
+				// runtime.Goexit, or panic(nil) with GODEBUG=panicnil=1.
+				ch.panicked = errPanicked
+			}
+			ch.err = errPanicked
+		}
+	}()
+	readChunk(src, ctx, c, ch)
+	return true
 }
 
 // take makes ch current, or records its error.
@@ -153,7 +273,7 @@ func (r *Reader) take(ch *chunk) {
 	if ch.err != nil {
 		r.err = ch.err
 		ch.buf = ch.buf[:0]
-		r.cur = ch
+		r.cur = nil
 		return
 	}
 	r.cur = ch
@@ -163,15 +283,24 @@ func (r *Reader) take(ch *chunk) {
 }
 
 // readChunk reads the ciphertext of chunk ch.index into ch.buf and decides
-// whether it is the final chunk: a chunk shorter than a full one is.
-func (r *Reader) readChunk(ch *chunk) {
+// whether it is the final chunk: a chunk shorter than a full one is. A done
+// ctx fails the chunk with ctx.Err().
+func readChunk(src io.Reader, ctx context.Context, c *Cipher, ch *chunk) {
 	ch.err = nil
-	n, err := io.ReadFull(r.src, ch.buf[:r.cs+TagSize])
+	if ctx != nil {
+		if err := ctx.Err(); err != nil {
+			ch.buf = ch.buf[:0]
+			ch.err = err
+			return
+		}
+	}
+	cs := c.header.ChunkSize
+	n, err := io.ReadFull(src, ch.buf[:cs+TagSize])
 	ch.buf = ch.buf[:n]
 	switch err {
 	case nil:
 		ch.final = false
-		if ch.index+1 >= r.c.maxChunks {
+		if ch.index+1 >= c.maxChunks {
 			ch.err = &ChunkError{Index: ch.index, Err: ErrTooLong}
 		}
 	case io.ErrUnexpectedEOF:
@@ -183,62 +312,11 @@ func (r *Reader) readChunk(ch *chunk) {
 	}
 }
 
-func (r *Reader) openChunk(ch *chunk) {
-	pt, err := r.c.openNonce(&ch.nonce, ch.buf[:0], ch.buf, ch.index, ch.final)
+func openChunk(c *Cipher, ch *chunk) {
+	pt, err := c.openNonce(&ch.nonce, ch.buf[:0], ch.buf, ch.index, ch.final)
 	if err != nil {
 		ch.err = err
 		return
 	}
 	ch.buf = pt
-}
-
-// startPipe starts the producer and the workers. The pipeline owns
-// 2×workers+1 chunk buffers.
-func (r *Reader) startPipe() {
-	inflight := 2*r.workers + 1
-	p := &decPipe{
-		work:  make(chan *chunk, inflight),
-		order: make(chan *chunk, inflight),
-		free:  make(chan *chunk, inflight),
-		stop:  make(chan struct{}),
-	}
-	for range inflight {
-		p.free <- newChunk(r.cs)
-	}
-	for range r.workers {
-		go func() {
-			for ch := range p.work {
-				r.openChunk(ch)
-				ch.done <- struct{}{}
-				// Let the reader's caller, which the send may have woken,
-				// take the chunk now (see the Writer's workers).
-				runtime.Gosched()
-			}
-		}()
-	}
-	go func() {
-		defer close(p.order)
-		defer close(p.work)
-		for index := uint64(0); ; index++ {
-			var ch *chunk
-			select {
-			case ch = <-p.free:
-			case <-p.stop:
-				return
-			}
-			ch.index = index
-			r.readChunk(ch)
-			if ch.err != nil {
-				ch.done <- struct{}{}
-				p.order <- ch
-				return
-			}
-			p.work <- ch
-			p.order <- ch
-			if ch.final {
-				return
-			}
-		}
-	}()
-	r.pipe = p
 }

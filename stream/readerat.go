@@ -4,16 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"sync/atomic"
 )
 
 // ReaderAt decrypts a stream body at random offsets: a read opens only the
 // chunks it touches. It authenticates the final chunk when it is created, so
 // the plaintext size it reports is authenticated and a truncated stream is
-// refused at once. ReadAt is safe for concurrent use; Read and Seek share an
-// offset and are safe too, though concurrent callers of Read see an
-// unspecified interleaving.
+// refused at once. ReadAt is safe for concurrent use.
+//
+// ReaderAt has no Read or Seek of its own, so that no offset is shared
+// between its users: a caller who wants an [io.ReadSeeker] takes its own
+// io.NewSectionReader(r, 0, r.Size()).
 type ReaderAt struct {
 	c        *Cipher
 	src      io.ReaderAt
@@ -23,9 +24,6 @@ type ReaderAt struct {
 
 	// last caches the most recently opened chunk.
 	last atomic.Pointer[openedChunk]
-
-	mu  sync.Mutex
-	pos int64 // offset for Read and Seek
 }
 
 type openedChunk struct {
@@ -103,40 +101,4 @@ func (r *ReaderAt) ReadAt(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
-}
-
-// Read reads plaintext from the current offset. It implements [io.Reader].
-func (r *ReaderAt) Read(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.pos >= r.size {
-		return 0, io.EOF
-	}
-	n, err := r.ReadAt(p, r.pos)
-	r.pos += int64(n)
-	if err == io.EOF && n > 0 {
-		err = nil
-	}
-	return n, err
-}
-
-// Seek sets the offset of the next Read. It implements [io.Seeker]. Seeking
-// past the end is allowed; reads there return io.EOF.
-func (r *ReaderAt) Seek(offset int64, whence int) (int64, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += r.pos
-	case io.SeekEnd:
-		offset += r.size
-	default:
-		return 0, fmt.Errorf("stream: invalid whence %d", whence)
-	}
-	if offset < 0 {
-		return 0, fmt.Errorf("stream: seek to negative offset %d", offset)
-	}
-	r.pos = offset
-	return offset, nil
 }

@@ -394,8 +394,8 @@ func checkDecryptMatrix(t *testing.T, c *Cipher, dek, pt, ref []byte) {
 		t.Errorf("ReaderAt.Size() = %d, want %d", ra.Size(), len(pt))
 	}
 	if len(pt) <= 20*cs || !testing.Short() {
-		// As an io.ReadSeeker and io.ReaderAt.
-		if err := iotest.TestReader(ra, pt); err != nil {
+		// As an io.ReaderAt, through a SectionReader for Read and Seek.
+		if err := iotest.TestReader(io.NewSectionReader(ra, 0, ra.Size()), pt); err != nil {
 			t.Errorf("iotest.TestReader(ReaderAt): %v", err)
 		}
 	}
@@ -676,10 +676,18 @@ func TestReaderAtSeek(t *testing.T) {
 	if ra.Size() != size {
 		t.Fatalf("Size() = %d, want %d", ra.Size(), size)
 	}
+	// ReaderAt shares no offset: each caller takes a SectionReader.
+	if _, ok := any(ra).(io.Seeker); ok {
+		t.Fatal("ReaderAt has a Seek method: its offset would be shared")
+	}
+	if _, ok := any(ra).(io.Reader); ok {
+		t.Fatal("ReaderAt has a Read method: its offset would be shared")
+	}
+	sr := io.NewSectionReader(ra, 0, size)
 	pos := int64(0)
 	seek := func(off int64, whence int, want int64) {
 		t.Helper()
-		got, err := ra.Seek(off, whence)
+		got, err := sr.Seek(off, whence)
 		if err != nil || got != want {
 			t.Fatalf("Seek(%d, %d) = %d, %v; want %d, nil", off, whence, got, err, want)
 		}
@@ -688,7 +696,7 @@ func TestReaderAtSeek(t *testing.T) {
 	readAndCheck := func(n int) {
 		t.Helper()
 		buf := make([]byte, n)
-		k, err := ra.Read(buf)
+		k, err := sr.Read(buf)
 		want := pt[min(pos, size):min(pos+int64(n), size)]
 		if k != len(want) || !bytes.Equal(buf[:k], want) {
 			t.Fatalf("Read(%d) at %d = %d bytes (equal %v), want %d", n, pos, k, bytes.Equal(buf[:k], want), len(want))
@@ -697,7 +705,7 @@ func TestReaderAtSeek(t *testing.T) {
 			t.Fatalf("Read(%d) at %d: error %v", n, pos, err)
 		}
 		pos += int64(k)
-		if cur, err := ra.Seek(0, io.SeekCurrent); cur != pos || err != nil {
+		if cur, err := sr.Seek(0, io.SeekCurrent); cur != pos || err != nil {
 			t.Fatalf("after Read, Seek(0, SeekCurrent) = %d, %v; want %d", cur, err, pos)
 		}
 	}
@@ -721,10 +729,10 @@ func TestReaderAtSeek(t *testing.T) {
 		off    int64
 		whence int
 	}{{-1, io.SeekStart}, {-2*cs - 1, io.SeekCurrent}, {-size - 1, io.SeekEnd}, {0, 3}, {0, -1}} {
-		if got, err := ra.Seek(bad.off, bad.whence); err == nil {
+		if got, err := sr.Seek(bad.off, bad.whence); err == nil {
 			t.Errorf("Seek(%d, %d) = %d, nil; want an error", bad.off, bad.whence, got)
 		}
-		if cur, _ := ra.Seek(0, io.SeekCurrent); cur != 2*cs {
+		if cur, _ := sr.Seek(0, io.SeekCurrent); cur != 2*cs {
 			t.Errorf("failed Seek(%d, %d) moved the offset to %d", bad.off, bad.whence, cur)
 		}
 	}
@@ -762,44 +770,6 @@ func TestConcurrentReadAt(t *testing.T) {
 		})
 	}
 	wg.Wait()
-
-	// Read and Seek share one offset under a lock: concurrent readers see
-	// some interleaving, but every byte is served exactly once.
-	if _, err := ra.Seek(0, io.SeekStart); err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	total, byteSum := 0, 0
-	for range 4 {
-		wg.Go(func() {
-			buf := make([]byte, 1000)
-			for {
-				k, err := ra.Read(buf)
-				s := 0
-				for _, b := range buf[:k] {
-					s += int(b)
-				}
-				mu.Lock()
-				total, byteSum = total+k, byteSum+s
-				mu.Unlock()
-				if err == io.EOF {
-					return
-				}
-				if err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	wantSum := 0
-	for _, b := range pt {
-		wantSum += int(b)
-	}
-	if total != len(pt) || byteSum != wantSum {
-		t.Errorf("concurrent Reads served %d bytes (byte sum %d), want %d (sum %d)", total, byteSum, len(pt), wantSum)
-	}
 }
 
 // TestConcurrentStreams runs many independent streams at once, and many
@@ -1104,8 +1074,9 @@ func TestReaderAtSourceEOF(t *testing.T) {
 }
 
 // TestWriterSourceErrors checks that an error from ReadFrom's source is
-// returned but not sticky, and that a dst silently dropping bytes
-// (iotest.TruncateWriter) yields a stream the readers refuse.
+// sticky: ReadFrom and Close return it, and no final chunk is written. It
+// also checks that a dst silently dropping bytes (iotest.TruncateWriter)
+// yields a stream the readers refuse.
 func TestWriterSourceErrors(t *testing.T) {
 	t.Parallel()
 	const cs = MinChunkSize
@@ -1121,20 +1092,28 @@ func TestWriterSourceErrors(t *testing.T) {
 		if n, err := w.ReadFrom(iotest.ErrReader(errSrc)); n != 0 || err != errSrc {
 			t.Errorf("workers=%d: ReadFrom(ErrReader) = %d, %v", workers, n, err)
 		}
+		if err := writeInPieces(w, pt, 999); err != errSrc {
+			t.Errorf("workers=%d: Write after a source error: %v, want the source's error", workers, err)
+		}
+		if err := w.Close(); err != errSrc {
+			t.Errorf("workers=%d: Close after a source error: %v, want the source's error", workers, err)
+		}
+		if buf.Len() != HeaderSize {
+			t.Errorf("workers=%d: %d bytes written after a source error", workers, buf.Len()-HeaderSize)
+		}
+
 		// TimeoutReader succeeds once, then fails with ErrTimeout.
+		buf.Reset()
+		buf.Write(ref[:HeaderSize])
+		w = c.NewWriter(&buf, &Options{Workers: workers})
 		n, err := io.Copy(w, iotest.TimeoutReader(bytes.NewReader(pt[:2*cs+3])))
 		if err != iotest.ErrTimeout {
 			t.Errorf("workers=%d: io.Copy(TimeoutReader) = %d, %v; want ErrTimeout", workers, n, err)
 		}
-		if err := writeInPieces(w, pt[n:], 999); err != nil {
-			t.Fatalf("workers=%d: Write after a source error: %v", workers, err)
+		if err := w.Close(); err != iotest.ErrTimeout {
+			t.Errorf("workers=%d: Close = %v, want ErrTimeout", workers, err)
 		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(buf.Bytes(), ref) {
-			t.Errorf("workers=%d: source errors changed the ciphertext", workers)
-		}
+		mustNotDecrypt(t, fmt.Sprintf("workers=%d after ErrTimeout", workers), dek, buf.Bytes())
 
 		for _, keep := range []int{HeaderSize, HeaderSize + cs + TagSize, len(ref) - 1} {
 			var dst bytes.Buffer

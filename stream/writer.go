@@ -1,90 +1,96 @@
 package stream
 
 import (
+	"context"
+	"fmt"
 	"io"
-	"runtime"
-	"sync"
 )
-
-// chunk is one chunk buffer moving through a writer's or a reader's pipeline.
-type chunk struct {
-	// buf holds plaintext or ciphertext; its capacity is ChunkSize+TagSize.
-	buf []byte
-	// src, when set, is plaintext to seal into buf out of place. It aliases
-	// the buffer passed to Writer.Write, which waits for it to be sealed.
-	src   []byte
-	index uint64
-	final bool
-	err   error
-	// done receives one value when the chunk has been sealed or opened.
-	done chan struct{}
-	// nonce is the buffer for the chunk's nonce, so that sealing and
-	// opening allocate nothing.
-	nonce [nonceSize]byte
-}
-
-func newChunk(chunkSize int) *chunk {
-	return &chunk{buf: make([]byte, 0, chunkSize+TagSize), done: make(chan struct{}, 1)}
-}
 
 // Writer encrypts what is written to it into a stream body. Create one with
 // [NewEncryptWriter] or [Cipher.NewWriter]. It is not safe for concurrent
-// use. Close must be called, even after an error: it writes the final chunk
-// and stops the writer's goroutines. Close does not close the underlying
-// writer.
+// use.
+//
+// A stream ends in one of two ways. Close writes the final chunk, which
+// makes what was written a valid stream. Abort abandons the stream: it writes
+// no final chunk, so what reached the underlying writer never decrypts, not
+// even to a prefix. Any error — from the underlying writer, from a reader
+// given to ReadFrom, from the context of [Options], or [ErrTooLong] — fails
+// the Writer for good, and Close then returns that error and writes no
+// final chunk either. Call Close only when every byte of the plaintext was
+// written; on any error, call Abort (or Close, which then abandons too).
+// Either one stops the Writer's goroutines before it returns. Neither closes
+// the underlying writer.
+//
+// All the Writer's calls to the underlying writer are made by its methods,
+// on the caller's goroutine: worker goroutines only seal chunks, and a panic
+// in the underlying writer reaches the caller (the Writer is then abandoned).
+// A Writer dropped without Close or Abort does not keep its goroutines once
+// it is garbage collected.
 type Writer struct {
 	c       *Cipher
 	dst     io.Writer
+	ctx     context.Context
 	cs      int
 	workers int
+	nbuf    int    // most chunk buffers the Writer may hold
+	bufs    int    // chunk buffers allocated
 	index   uint64 // index of the next chunk to submit
 	cur     *chunk // plaintext being gathered
 	err     error  // sticky
 	closed  bool
-	pipe    *encPipe // nil until a chunk goes to the workers; nil with one worker
-}
 
-// encPipe is a writer's parallel pipeline: workers seal chunks, and one
-// goroutine writes them to dst in order.
-type encPipe struct {
-	work     chan *chunk
-	order    chan *chunk
-	free     chan *chunk
-	aliased  sync.WaitGroup // chunks whose src aliases a Write buffer
-	finished chan struct{}
-
-	mu  sync.Mutex
-	err error // first error writing to dst
+	// With more than one worker and buffer, chunks go to the pool once the
+	// first full chunk is submitted; until then pool is nil.
+	pool    *workerPool
+	pending queue    // chunks handed to the pool, not yet written, in order
+	free    []*chunk // sealed chunks written out, ready for reuse
+	aliased uint64   // chunks below this index may alias a Write's buffer
 }
 
 // NewWriter returns a Writer that encrypts the body of c's stream into dst.
 // It writes no header: the caller stores c.Header() where it belongs.
 func (c *Cipher) NewWriter(dst io.Writer, opts *Options) *Writer {
 	cs := c.header.ChunkSize
-	return &Writer{c: c, dst: dst, cs: cs, workers: opts.workers(), cur: newChunk(cs)}
+	workers := opts.workers()
+	w := &Writer{c: c, dst: dst, ctx: opts.context(), cs: cs, workers: workers, nbuf: maxBuffers(workers, cs)}
+	w.cur = w.newBuffer()
+	return w
 }
+
+func (w *Writer) newBuffer() *chunk {
+	w.bufs++
+	return newChunk(w.cs)
+}
+
+// pipelined reports whether chunks are sealed by workers.
+func (w *Writer) pipelined() bool { return w.workers > 1 && w.nbuf > 1 }
 
 // Write encrypts p. It returns once p is no longer needed, so the caller may
 // reuse p; chunks may still be on their way to the underlying writer, and
-// an error writing them is returned by a later call.
+// an error writing them is returned by a later call. After an error every
+// call fails.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.closed {
 		return 0, ErrClosed
 	}
-	n := 0
-	// Whole chunks are sealed straight from p, without a copy, but Write
-	// must wait for them before it returns. With workers, the last chunks of
-	// p are copied instead, so that they are sealed after Write returns and
-	// the pipeline stays full from one Write to the next.
-	tail := w.cs
-	if w.workers > 1 {
-		tail = w.cs * (w.workers + 1)
+	if w.err != nil {
+		return 0, w.err
 	}
-	for len(p) > 0 && w.check() == nil {
+	ok := false
+	defer w.guard(&ok)
+	// Whole chunks are sealed straight from p, without a copy, but Write
+	// must wait for them before it returns. In the pipeline, the last chunks
+	// of p are copied instead, so that they are sealed after Write returns
+	// and the pipeline stays full from one Write to the next.
+	n := 0
+	tail := w.cs
+	if w.pipelined() {
+		tail = w.cs * min(w.workers+1, w.nbuf)
+	}
+	for len(p) > 0 && w.err == nil {
 		if len(w.cur.buf) == 0 && len(p) >= tail {
-			// A whole chunk: seal it straight from p, without a copy.
 			w.cur.src = p[:w.cs]
-			if !w.submit(w.cur, false) {
+			if !w.submit(false) {
 				break
 			}
 			p, n = p[w.cs:], n+w.cs
@@ -94,172 +100,228 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.cur.buf = w.cur.buf[:len(w.cur.buf)+k]
 		p, n = p[k:], n+k
 		if len(w.cur.buf) == w.cs {
-			w.submit(w.cur, false)
+			w.submit(false)
 		}
 	}
-	if w.pipe != nil {
-		w.pipe.aliased.Wait()
+	// Write out the chunks sealed from p, so that none still reads it.
+	for w.err == nil && w.pending.n > 0 && w.pending.front().index < w.aliased {
+		w.writeFront()
 	}
-	return n, w.check()
+	ok = true
+	return n, w.err
 }
 
 // ReadFrom encrypts everything read from r until io.EOF. It reads straight
 // into the chunk buffers. It implements [io.ReaderFrom], so io.Copy uses it.
+// An error from r fails the Writer: ReadFrom returns it, and so does Close,
+// which then writes no final chunk.
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
 	if w.closed {
 		return 0, ErrClosed
 	}
-	var total int64
-	for w.check() == nil {
+	ok := false
+	defer w.guard(&ok)
+	for w.err == nil {
 		k, err := r.Read(w.cur.buf[len(w.cur.buf):w.cs])
+		if k < 0 || k > w.cs-len(w.cur.buf) {
+			w.fail(fmt.Errorf("stream: the reader returned %d bytes for a %d-byte read", k, w.cs-len(w.cur.buf)))
+			break
+		}
 		w.cur.buf = w.cur.buf[:len(w.cur.buf)+k]
 		total += int64(k)
 		if len(w.cur.buf) == w.cs {
-			w.submit(w.cur, false)
+			w.submit(false)
 		}
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return total, err
+			w.fail(err)
+			break
 		}
 	}
-	return total, w.check()
+	ok = true
+	return total, w.err
 }
 
-// Close writes the final chunk, waits until every chunk has been written,
-// and stops the writer's goroutines. It returns the first error met by the
-// Writer, if any. Calling Close again returns the same error.
+// Close writes the final chunk, writes out every chunk still in flight, and
+// stops the Writer's goroutines. If the Writer failed earlier, or fails now,
+// Close writes no final chunk and returns the error: what was written does
+// not decrypt. After an Abort it returns the Abort's error. Calling Close
+// again returns the same error.
 func (w *Writer) Close() error {
 	if w.closed {
 		return w.err
 	}
 	w.closed = true
-	if w.check() == nil {
-		w.submit(w.cur, true)
+	ok := false
+	defer w.guard(&ok)
+	if w.err == nil && w.submit(true) {
+		for w.err == nil && w.pending.n > 0 {
+			w.writeFront()
+		}
 	}
-	if p := w.pipe; p != nil {
-		close(p.work)
-		close(p.order)
-		<-p.finished
-		w.check()
-	}
-	w.cur = nil
+	w.release()
+	ok = true
 	return w.err
 }
 
-// check records an error from the pipeline, if any, and returns the sticky
-// error.
-func (w *Writer) check() error {
-	if w.err == nil && w.pipe != nil {
-		w.pipe.mu.Lock()
-		w.err = w.pipe.err
-		w.pipe.mu.Unlock()
+// Abort abandons the stream: it writes no final chunk, so what was written
+// to the underlying writer never decrypts, and it stops the Writer's
+// goroutines before it returns, without writing the chunks still in flight.
+// Afterwards every call fails. Close then returns the error that had failed
+// the Writer, if any, or else an error matching [ErrAborted] and, when err
+// is not nil, err. Abort after Close, or after another Abort, does nothing.
+func (w *Writer) Abort(err error) {
+	if w.closed {
+		return
 	}
-	return w.err
+	w.closed = true
+	if w.err == nil {
+		if err == nil {
+			w.err = ErrAborted
+		} else {
+			w.err = fmt.Errorf("%w: %w", ErrAborted, err)
+		}
+	}
+	w.release()
 }
 
-// submit seals ch as the next chunk and sends it on its way. In the
-// pipeline it hands ch to the workers and takes a fresh buffer for w.cur when
-// ch was w.cur. It reports whether the chunk was accepted.
-func (w *Writer) submit(ch *chunk, final bool) bool {
+// fail records err as the sticky error and stops the pipeline.
+func (w *Writer) fail(err error) {
+	if w.err == nil {
+		w.err = err
+	}
+	w.release()
+}
+
+// release stops the workers, waits for them, and drops the buffers.
+func (w *Writer) release() {
+	if w.pool != nil {
+		w.pool.stop()
+		w.pool = nil
+	}
+	w.pending = queue{}
+	w.free = nil
+	if w.closed || w.err != nil {
+		w.cur = nil
+	}
+}
+
+// guard is deferred by every method that calls the underlying writer or
+// reader, with ok set just before a normal return: if they panic (or call
+// runtime.Goexit), the Writer is abandoned and its goroutines stopped
+// before the panic goes on to the caller.
+func (w *Writer) guard(ok *bool) {
+	if !*ok {
+		w.closed = true
+		w.fail(errPanicked)
+	}
+}
+
+// submit seals w.cur as the next chunk and sends it on its way; when it is
+// not final, w.cur becomes a free buffer. It reports whether the chunk was
+// accepted.
+func (w *Writer) submit(final bool) bool {
+	ch := w.cur
+	if err := w.ctxErr(); err != nil {
+		ch.src = nil
+		w.fail(err)
+		return false
+	}
 	// A non-final chunk must leave an index for the final one.
 	if w.index >= w.c.maxChunks || !final && w.index+1 >= w.c.maxChunks {
-		w.err = ErrTooLong
 		ch.src = nil
+		// The chunks before go out all the same: the stream stays
+		// without a final chunk.
+		for w.err == nil && w.pending.n > 0 {
+			w.writeFront()
+		}
+		w.fail(ErrTooLong)
 		return false
 	}
 	ch.index, ch.final = w.index, final
 	w.index++
-	if w.workers > 1 && w.pipe == nil && !final {
-		w.startPipe()
+	if ch.src != nil {
+		w.aliased = w.index
 	}
-	if w.pipe == nil {
-		w.sealChunk(ch)
-		_, err := w.write(ch.buf)
+	if w.pool == nil && w.pipelined() && !final {
+		c := w.c
+		w.pool = startWorkers(w, w.workers, w.nbuf, func(ch *chunk) { sealChunk(c, ch) }, nil)
+	}
+	if w.pool == nil {
+		sealChunk(w.c, ch)
+		err := w.write(ch.buf)
 		ch.buf = ch.buf[:0]
 		if err != nil {
-			w.err = err
+			w.fail(err)
 			return false
 		}
 		return true
 	}
-	if ch.src != nil {
-		w.pipe.aliased.Add(1)
+	ch.ready = false
+	w.pool.work <- ch
+	w.pending.push(ch)
+	w.cur = nil
+	if !final {
+		w.cur = w.takeBuffer()
 	}
-	w.pipe.work <- ch
-	w.pipe.order <- ch
-	if ch == w.cur && !final {
-		w.cur = <-w.pipe.free
-	}
-	return true
+	return w.err == nil
 }
 
-func (w *Writer) sealChunk(ch *chunk) {
+// takeBuffer returns a free chunk buffer. It writes out the chunks already
+// sealed, allocates a buffer if the budget allows, and otherwise waits for
+// the oldest chunk in flight and writes it out. After an error it returns
+// a buffer all the same, so that w.cur is never nil before Close.
+func (w *Writer) takeBuffer() *chunk {
+	for w.err == nil && w.pending.n > 0 && w.pending.front().poll() {
+		w.writeFront()
+	}
+	if len(w.free) == 0 && w.bufs >= w.nbuf && w.err == nil {
+		w.writeFront()
+	}
+	if k := len(w.free); k > 0 {
+		ch := w.free[k-1]
+		w.free = w.free[:k-1]
+		return ch
+	}
+	return w.newBuffer()
+}
+
+// writeFront waits for the oldest chunk in flight, writes it to dst, and
+// frees its buffer.
+func (w *Writer) writeFront() {
+	ch := w.pending.pop()
+	ch.wait()
+	err := w.write(ch.buf)
+	ch.buf = ch.buf[:0]
+	w.free = append(w.free, ch)
+	if err != nil {
+		w.fail(err)
+	}
+}
+
+func sealChunk(c *Cipher, ch *chunk) {
 	if ch.src != nil {
-		ch.buf = w.c.sealNonce(&ch.nonce, ch.buf[:0], ch.src, ch.index, ch.final)
+		ch.buf = c.sealNonce(&ch.nonce, ch.buf[:0], ch.src, ch.index, ch.final)
 		ch.src = nil
 		return
 	}
-	ch.buf = w.c.sealNonce(&ch.nonce, ch.buf[:0], ch.buf, ch.index, ch.final)
+	ch.buf = c.sealNonce(&ch.nonce, ch.buf[:0], ch.buf, ch.index, ch.final)
 }
 
-func (w *Writer) write(b []byte) (int, error) {
+func (w *Writer) write(b []byte) error {
 	n, err := w.dst.Write(b)
 	if err == nil && n < len(b) {
 		err = io.ErrShortWrite
 	}
-	return n, err
+	return err
 }
 
-// startPipe starts the workers and the ordered writer. The pipeline owns
-// 2×workers+1 chunk buffers, w.cur included.
-func (w *Writer) startPipe() {
-	inflight := 2*w.workers + 1
-	p := &encPipe{
-		work:     make(chan *chunk, inflight),
-		order:    make(chan *chunk, inflight),
-		free:     make(chan *chunk, inflight),
-		finished: make(chan struct{}),
+func (w *Writer) ctxErr() error {
+	if w.ctx == nil {
+		return nil
 	}
-	for range inflight - 1 {
-		p.free <- newChunk(w.cs)
-	}
-	for range w.workers {
-		go func() {
-			for ch := range p.work {
-				aliased := ch.src != nil
-				w.sealChunk(ch)
-				if aliased {
-					p.aliased.Done()
-				}
-				ch.done <- struct{}{}
-				// The send may have woken the ordered writer, which then
-				// waits in this P's runnext slot until this worker blocks:
-				// with as many workers as Ps it would stay there while the
-				// queue drains, and the pipeline would run in bursts. Yield
-				// so that it writes the chunk and frees its buffer now.
-				runtime.Gosched()
-			}
-		}()
-	}
-	go func() {
-		defer close(p.finished)
-		for ch := range p.order {
-			<-ch.done
-			p.mu.Lock()
-			failed := p.err != nil
-			p.mu.Unlock()
-			if !failed {
-				if _, err := w.write(ch.buf); err != nil {
-					p.mu.Lock()
-					p.err = err
-					p.mu.Unlock()
-				}
-			}
-			ch.buf = ch.buf[:0]
-			p.free <- ch
-		}
-	}()
-	w.pipe = p
+	return w.ctx.Err()
 }

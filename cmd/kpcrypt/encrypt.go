@@ -103,11 +103,19 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 		return err
 	}
 	cancel()
+	// An error or an interrupt abandons the output: without its final
+	// chunk, what reached it never decrypts.
+	w.SetContext(ctx)
 	src, done := u.progress(in, in.size, *quiet, "encrypting")
 	_, err = io.Copy(w, ctxReader{ctx, src})
 	done()
-	if cerr := w.Close(); err == nil {
-		err = cerr
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		w.Abort(err)
+	} else {
+		err = w.Close()
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", in.name, err)
