@@ -355,7 +355,7 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("kpcrypt %v: exit %d, want 2 (%s)", args, r.code, r.stderr)
 		}
 	}
-	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "--chunk-size", "1KiB", "plain.bin").expect(t, 1, "chunk size 1024 out of range")
+	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "--chunk-size", "1KiB", "plain.bin").expect(t, 2, "out of range: give 4KiB to 16MiB")
 	r := kp(t, dir, nil, "encrypt", "-h")
 	if r.code != 0 || !strings.Contains(string(r.stdout), "-kek") {
 		t.Fatalf("encrypt -h: %d %s", r.code, r.stdout)

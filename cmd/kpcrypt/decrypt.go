@@ -78,6 +78,7 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
 	}
 	defer r.Close()
+	r.SetContext(ctx) // an interrupt stops the copy between chunks
 	var plain io.Reader = r
 	if *out == "" && isTerminal(u.stdout) {
 		// As age does: binary plaintext is not printed on a terminal,

@@ -63,8 +63,8 @@ func TestEncryptInterruptedMidPipe(t *testing.T) {
 	pw.Close()
 	<-fed
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-		t.Fatalf("interrupted encrypt: %v, want exit status 1; stderr: %s", err, stderr.Bytes())
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("interrupted encrypt: %v, want exit status 130; stderr: %s", err, stderr.Bytes())
 	}
 
 	written := readFile(t, outPath)
