@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/internal/filelock"
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/stream"
 )
@@ -121,7 +123,7 @@ func (d *Decrypter) Open(ctx context.Context, ciphertext []byte) ([]byte, error)
 // NewReader returns a Reader of the plaintext of the file read from src. ctx
 // bounds the KMS calls made here, not the stream: see [Reader.SetContext].
 func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, error) {
-	h, err := format.ReadHeader(src)
+	h, err := readHeaderLocked(ctx, src, func() (*format.Header, error) { return format.ReadHeader(src) })
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +174,9 @@ const (
 // offset of its own, so any number of callers may share it: see
 // [ReaderAt].
 func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64) (*ReaderAt, error) {
-	h, err := format.ReadHeader(io.NewSectionReader(src, 0, size))
+	h, err := readHeaderLocked(ctx, src, func() (*format.Header, error) {
+		return format.ReadHeader(io.NewSectionReader(src, 0, size))
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -499,3 +503,26 @@ func (r *ReaderAt) Size() int64 { return r.ra.Size() }
 
 // Slot tells which key slot opened the file.
 func (r *ReaderAt) Slot() OpenedSlot { return *r.slot }
+
+// readHeaderLocked reads a header with read. A rewrap rewrites a file's
+// slot tables in place under an exclusive lock ([RewrapFile]), so when src
+// is an *os.File the header is read under a shared lock, and a reader that
+// races a rewrap never sees both table copies torn. The wait for the lock
+// honours ctx; where files cannot be locked, the header is read as it is.
+func readHeaderLocked(ctx context.Context, src any, read func() (*format.Header, error)) (*format.Header, error) {
+	f, ok := src.(*os.File)
+	if !ok {
+		return read()
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return read()
+	}
+	if err := filelock.Lock(ctx, f, false); err != nil {
+		if errors.Is(err, filelock.ErrUnsupported) {
+			return read()
+		}
+		return nil, fmt.Errorf("envelope: waiting for a rewrap of %s to end: %w", f.Name(), err)
+	}
+	defer filelock.Unlock(f)
+	return read()
+}
