@@ -7,11 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/kms"
+	"github.com/kpcrypt/kpcrypt/stream"
 )
 
 func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
@@ -32,6 +35,9 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 		return err
 	}
 	if err := refusePINValue(keks...); err != nil {
+		return err
+	}
+	if err := u.checkKEKFlags("decrypt", keks...); err != nil {
 		return err
 	}
 	if len(operands) > 1 {
@@ -92,7 +98,7 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 		plain = br
 	}
 	if _, err := io.Copy(o, plain); err != nil {
-		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
+		return fmt.Errorf("%s: %v", in.name, explain(explainTruncation(in, err), len(keks) > 0))
 	}
 	return o.commit(u)
 }
@@ -114,7 +120,8 @@ func printable(b []byte) bool {
 	return true
 }
 
-// explain rewords the library's errors for the command line.
+// explain rewords the library's errors for the command line: each cause
+// once, each KEK named once, and the words a user knows.
 func explain(err error, kekGiven bool) error {
 	var nk *envelope.NoKEKError
 	if errors.As(err, &nk) {
@@ -129,12 +136,49 @@ func explain(err error, kekGiven bool) error {
 		msg := fmt.Sprintf("%s can open any of this file's %d key slot%s (%s)", who, nk.Slots, s, strings.Join(nk.URIs, ", "))
 		var causes []string
 		for _, e := range nk.Errors {
-			causes = append(causes, e.Error())
+			c := causeText(e, nk.URIs)
+			if !slices.Contains(causes, c) {
+				causes = append(causes, c)
+			}
 		}
 		if len(causes) > 0 {
 			msg += ": " + strings.Join(causes, "; ")
 		}
 		return errors.New(msg)
+	}
+	var ce *stream.ChunkError
+	switch {
+	case errors.Is(err, stream.ErrTruncated):
+		return errors.New("truncated: the file ends before its final chunk (it was cut short, or is still being written)")
+	case errors.As(err, &ce) && errors.Is(err, stream.ErrAuthentication):
+		return fmt.Errorf("chunk %d: authentication failed: the file is truncated or modified", ce.Index)
+	}
+	return err
+}
+
+// causeText is one slot's error without the KEK URIs the message already
+// names ("unwrap with KEK crn:…: keyprotect unwrap: …" repeated the CRN).
+func causeText(err error, uris []string) string {
+	var ke *kms.Error
+	if errors.As(err, &ke) && slices.Contains(uris, ke.URI) {
+		return ke.Err.Error()
+	}
+	return err.Error()
+}
+
+// explainTruncation says "truncated" when the size of a regular input file
+// proves it: shorter than its header says the file is.
+func explainTruncation(in *input, err error) error {
+	if in.file == nil || in.size < 0 || !errors.Is(err, stream.ErrAuthentication) {
+		return err
+	}
+	h, herr := envelope.Inspect(io.NewSectionReader(in.file, 0, in.size))
+	if herr != nil || h.PlaintextSize < 0 {
+		return err
+	}
+	body, berr := stream.Header{ChunkSize: h.ChunkSize}.BodySize(h.PlaintextSize)
+	if want := int64(h.HeaderSize) + body; berr == nil && in.size < want {
+		return fmt.Errorf("truncated: the file is %d bytes, and its header says it holds %d (it was cut short, or is still being written)", in.size, want)
 	}
 	return err
 }

@@ -50,6 +50,9 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	if err := refusePINValue(keks...); err != nil {
 		return err
 	}
+	if err := u.checkKEKFlags("encrypt", keks...); err != nil {
+		return err
+	}
 	if len(keks) == 0 {
 		return usagef("encrypt: at least one --kek is required")
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
 	"github.com/kpcrypt/kpcrypt/internal/filelock"
@@ -94,10 +96,7 @@ func openOutput(u *ui, path string, in *input, force bool, perm os.FileMode) (*o
 	}
 	f, err := atomicfile.Create(path, perm, force)
 	if err != nil {
-		if errors.Is(err, atomicfile.ErrExists) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("creating %s: %w", path, err)
+		return nil, outputError(path, err)
 	}
 	return &output{w: f, atomic: f}, nil
 }
@@ -138,4 +137,22 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// outputError says why OUT cannot be created, in the user's terms: no
+// temporary file's name, which the user never gave.
+func outputError(path string, err error) error {
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, atomicfile.ErrExists):
+		return err
+	case errors.Is(err, fs.ErrNotExist):
+		dir := filepath.Dir(path)
+		return fmt.Errorf("cannot create %s: the directory %s does not exist", path, dir)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("cannot create %s: permission denied in %s", path, filepath.Dir(path))
+	case errors.As(err, &pe) && pe.Path != path:
+		return fmt.Errorf("cannot create %s: %v", path, pe.Err)
+	}
+	return err
 }

@@ -41,6 +41,9 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 	if err := refusePINValue(keks...); err != nil {
 		return err
 	}
+	if err := u.checkKEKFlags("inspect", keks...); err != nil {
+		return err
+	}
 	if len(operands) > 1 {
 		return usagef("inspect: one FILE at most (standard input without one), got %d", len(operands))
 	}

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
+
 	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/local"
@@ -41,6 +43,9 @@ func cmdKeygen(ctx context.Context, u *ui, args []string) error {
 	switch {
 	case *out != "":
 		k, err := local.Generate(*out)
+		if errors.Is(err, atomicfile.ErrExists) {
+			return fmt.Errorf("%s exists: keygen never overwrites a key file (what it wrapped would be lost); choose another path", *out)
+		}
 		if err != nil {
 			return err
 		}

@@ -41,6 +41,9 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	if err := refusePINValue(slices.Concat(keks, to, add, remove)...); err != nil {
 		return err
 	}
+	if err := u.checkKEKFlags("rewrap", slices.Concat(keks, to, add)...); err != nil {
+		return err
+	}
 	if len(paths) == 0 {
 		return usagef("rewrap: give at least one file or directory")
 	}

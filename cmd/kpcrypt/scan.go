@@ -34,6 +34,9 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 	if err := refusePINValue(keks...); err != nil {
 		return err
 	}
+	if err := u.checkKEKFlags("scan", keks...); err != nil {
+		return err
+	}
 	if (*below == "") == !*outdated {
 		return usagef("scan: give one of --below-version VERSION or --outdated")
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
@@ -57,6 +58,26 @@ func (u *ui) slotKeyring(ctx context.Context, uris []string) (envelope.Keyring, 
 		return u.openKEKs(ctx, uris)
 	}
 	return &envelope.ResolvingKeyring{Resolver: u.resolver, Filter: kms.DiscoveryFunc(u.Discover)}, nil
+}
+
+// checkKEKFlags refuses, as usage errors, KEK URIs of no known scheme
+// given on the command line ("--kek kek.json" for "--kek local:kek.json"),
+// and says which schemes there are.
+func (u *ui) checkKEKFlags(cmd string, uris ...string) error {
+	for _, uri := range uris {
+		scheme, _, ok := strings.Cut(uri, ":")
+		if ok {
+			if _, known := u.resolver[scheme]; known {
+				continue
+			}
+		}
+		hint := ""
+		if !ok && (strings.HasSuffix(uri, ".json") || strings.Contains(uri, "/")) {
+			hint = fmt.Sprintf(" (for a key file, --kek local:%s)", uri)
+		}
+		return usagef("%s: --kek %s names no kind of KEK%s: give local:PATH (a key file), crn:v1:… (a Key Protect or HPCS key) or pkcs11:… (an HSM key)", cmd, uri, hint)
+	}
+	return nil
 }
 
 // defaultKMSTimeout bounds the KMS work for one file.

@@ -40,8 +40,16 @@ type ui struct {
 
 // errorf prints a failure on stderr as one line, through safeText: errors
 // carry text from files, servers and the command line.
+// internalPrefixes are the package names the library puts before its
+// messages, which mean nothing to a user of the command.
+var internalPrefixes = []string{"envelope: ", "stream: ", "keyprotect: ", "format: ", "atomicfile: ", "securefile: ", "filelock: "}
+
 func (u *ui) errorf(format string, args ...any) {
-	fmt.Fprintf(u.stderr, "kpcrypt: %s\n", safeText(fmt.Sprintf(format, args...)))
+	msg := fmt.Sprintf(format, args...)
+	for _, p := range internalPrefixes {
+		msg = strings.ReplaceAll(msg, p, "")
+	}
+	fmt.Fprintf(u.stderr, "kpcrypt: %s\n", safeText(msg))
 }
 
 // infof prints a message on stderr as one line, through safeText.

@@ -139,6 +139,9 @@ func Create(path string, perm fs.FileMode, overwrite bool) (*File, error) {
 // pipe (never for key material: see WriteFile).
 func create(path string, perm fs.FileMode, overwrite, through bool) (*File, error) {
 	if fi, err := os.Lstat(path); err == nil {
+		if fi.IsDir() {
+			return nil, fmt.Errorf("%s is a directory: name a file in it", path)
+		}
 		if !overwrite {
 			return nil, fmt.Errorf("%s: %w (use --force to overwrite)", path, ErrExists)
 		}

@@ -68,6 +68,9 @@ type Error struct {
 func (e *Error) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "key protect %s: %d %s", e.Op, e.StatusCode, http.StatusText(e.StatusCode))
+	if words := e.inWords(); words != "" {
+		fmt.Fprintf(&b, ": %s", words)
+	}
 	for _, r := range e.Reasons {
 		fmt.Fprintf(&b, ": %s", r.Code)
 		if r.Message != "" {
@@ -81,6 +84,27 @@ func (e *Error) Error() string {
 		fmt.Fprintf(&b, " [correlation-id %s]", e.CorrelationID)
 	}
 	return b.String()
+}
+
+// inWords says in a user's terms what the commonest refusals mean.
+func (e *Error) inWords() string {
+	switch {
+	case e.HasReason("KEY_ACTION_INVALID_STATE_ERR"):
+		return "the key is not active: it is disabled (suspended), deactivated or destroyed; see kpcrypt key show, and kpcrypt key enable"
+	case e.HasReason("KEY_ROTATION_NOT_PERMITTED"):
+		return "the key was rotated less than an hour ago, and Key Protect allows one rotation an hour"
+	case e.HasReason("REQ_TOO_EARLY_ERR"):
+		return "too soon after the key's last change: try again in 30 seconds"
+	case e.StatusCode == http.StatusUnauthorized:
+		return "the API key or token is not valid for this instance"
+	case e.StatusCode == http.StatusForbidden:
+		return "the caller may not use this key"
+	case e.StatusCode == http.StatusGone:
+		return "the key was deleted"
+	case e.StatusCode == http.StatusNotFound:
+		return "no such key in this instance"
+	}
+	return ""
 }
 
 // HasReason reports whether the body carried the reason code.
