@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
 	"github.com/kpcrypt/kpcrypt/internal/filelock"
@@ -147,7 +146,7 @@ func outputError(path string, err error) error {
 	switch {
 	case errors.Is(err, atomicfile.ErrExists):
 		return err
-	case errors.Is(err, fs.ErrNotExist) && !strings.Contains(err.Error(), "leads nowhere"):
+	case errors.Is(err, fs.ErrNotExist):
 		dir := filepath.Dir(path)
 		return fmt.Errorf("cannot create %s: the directory %s does not exist", path, dir)
 	case errors.Is(err, fs.ErrPermission):

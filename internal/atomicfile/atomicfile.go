@@ -151,7 +151,7 @@ func create(path string, perm fs.FileMode, overwrite, through bool) (*File, erro
 			}
 			resolved, err := filepath.EvalSymlinks(path)
 			if err != nil {
-				return nil, fmt.Errorf("%s is a symbolic link that leads nowhere: %w", path, err)
+				return nil, fmt.Errorf("%s is a symbolic link that leads nowhere (%v)", path, errors.Unwrap(err))
 			}
 			path = resolved
 			if fi, err = os.Lstat(path); err != nil {
