@@ -285,16 +285,55 @@ func TestCoreFieldTampering(t *testing.T) {
 		f.expectOpen(t, fmt.Sprintf("%s, rewrapped (MAC recomputed: %v)", c.name, c.remac), p.join(), c.want)
 	}
 
-	// A recorded size one byte short: the Reader reads the body that size
-	// implies, whose final chunk is then cut and fails; the ReaderAt sees
-	// the body's length first and reports the byte after it.
+	// A recorded size one byte short: both decryptors read the body that
+	// size implies (FORMAT.md §2.1), whose final chunk is then cut and
+	// fails, before they would look at the byte after it.
 	p := base.clone()
 	addSize(-1)(p)
 	rewrap(t, p, dek, true, f.kek)
 	_, err := Open(t.Context(), p.join(), KEKs{f.kek})
 	checkClass(t, "size -1, rewrapped: Open", err, stream.ErrAuthentication)
 	_, err = NewReaderAt(t.Context(), bytes.NewReader(p.join()), int64(len(p.join())), KEKs{f.kek})
-	checkClass(t, "size -1, rewrapped: NewReaderAt", err, ErrTrailingData)
+	checkClass(t, "size -1, rewrapped: NewReaderAt", err, stream.ErrAuthentication)
+
+	// A recorded size one byte long: the body that size implies is one
+	// byte longer than the file's, which authenticates one byte short.
+	p = base.clone()
+	addSize(1)(p)
+	rewrap(t, p, dek, true, f.kek)
+	_, err = NewReaderAt(t.Context(), bytes.NewReader(p.join()), int64(len(p.join())), KEKs{f.kek})
+	checkClass(t, "size +1, rewrapped: NewReaderAt", err, ErrSizeMismatch)
+	// The right size and one byte after the body: trailing data, for both.
+	p = base.clone()
+	p.body = append(p.body, 0)
+	_, err = Open(t.Context(), p.join(), KEKs{f.kek})
+	checkClass(t, "trailing byte: Open", err, ErrTrailingData)
+	_, err = NewReaderAt(t.Context(), bytes.NewReader(p.join()), int64(len(p.join())), KEKs{f.kek})
+	checkClass(t, "trailing byte: NewReaderAt", err, ErrTrailingData)
+}
+
+// TestUnwrappedKeyLength: a slot that unwraps to a key of another length
+// than 32 bytes fails header authentication (FORMAT.md §3.2), even when
+// the MAC was made with that key.
+func TestUnwrappedKeyLength(t *testing.T) {
+	kek := newLocalKEK(t, "kek")
+	file := encryptReal(t, []kms.KEK{kek}, true, vectorContext, testPlaintext(100))
+	for _, n := range []int{16, 31, 33} {
+		p := split(t, file)
+		bad := bytes.Repeat([]byte{7}, n)
+		copy(p.core[p.macOffset():], specMAC(t, bad, p.core))
+		w, err := kek.Wrap(t.Context(), bad, specAAD(p.core, kek.URI()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb := p.table(t, 0)
+		tb.Slots[0].Wrapped = w.Ciphertext
+		p.setTables(t, tb)
+		_, err = Open(t.Context(), p.join(), KEKs{kek})
+		checkClass(t, fmt.Sprintf("%d-byte key: Open", n), err, ErrHeaderAuthentication)
+		_, err = NewReaderAt(t.Context(), bytes.NewReader(p.join()), int64(len(p.join())), KEKs{kek})
+		checkClass(t, fmt.Sprintf("%d-byte key: NewReaderAt", n), err, ErrHeaderAuthentication)
+	}
 }
 
 // Once a KEK unwraps a slot, a failed MAC is reported at once: the other
