@@ -622,3 +622,52 @@ func readKeyFile(k *local.KEK) ([]byte, error) {
 }
 
 func writeKeyFile(path string, data []byte) error { return os.WriteFile(path, data, 0o600) }
+
+// TestDecryptorsAgreeOnBodyEnd cuts and extends the body of a file with and
+// without a recorded size at many lengths: the sequential Reader and the
+// ReaderAt report the same error class for each (FORMAT.md §1.4, §2.1).
+func TestDecryptorsAgreeOnBodyEnd(t *testing.T) {
+	t.Parallel()
+	kek := newLocalKEK(t, "kek")
+	cs := testChunkSize
+	classOf := func(err error) error {
+		if err == nil || err == io.EOF {
+			return nil
+		}
+		for _, c := range errorClasses {
+			if errors.Is(err, c) {
+				return c
+			}
+		}
+		return err
+	}
+	for _, sized := range []bool{true, false} {
+		file := encryptReal(t, []kms.KEK{kek}, sized, nil, testPlaintext(2*cs+20))
+		p := split(t, file)
+		full := cs + stream.TagSize
+		for k := 0; k <= len(p.body)+full+20; k++ {
+			// Every length near a chunk boundary or the body's end, and a
+			// sample of the others.
+			if r := k % full; r > 20 && r < full-20 && (k < len(p.body)-20 || k > len(p.body)+20) && k%97 != 0 {
+				continue
+			}
+			q := p.clone()
+			if k <= len(p.body) {
+				q.body = q.body[:k]
+			} else {
+				q.body = append(q.body, bytes.Repeat([]byte{0xa5}, k-len(p.body))...)
+			}
+			f := q.join()
+			_, serr := Open(t.Context(), f, KEKs{kek})
+			var rerr error
+			if ra, err := NewReaderAt(t.Context(), bytes.NewReader(f), int64(len(f)), KEKs{kek}); err != nil {
+				rerr = err
+			} else {
+				_, rerr = ra.ReadAt(make([]byte, ra.Size()), 0)
+			}
+			if sc, rc := classOf(serr), classOf(rerr); sc != rc {
+				t.Errorf("sized %v, body of %d bytes (valid: %d): Reader %v, ReaderAt %v", sized, k, len(p.body), serr, rerr)
+			}
+		}
+	}
+}
