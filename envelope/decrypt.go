@@ -187,22 +187,29 @@ func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64
 	if err != nil {
 		return nil, err
 	}
+	// As the sequential Reader does (FORMAT.md §2.1): with a recorded size,
+	// the stream is at most the body that size implies; its authenticated
+	// length is compared with the size, and only then is what follows it
+	// trailing data.
 	bodySize := size - h.Size()
-	if want := h.Core.PlaintextSize; want >= 0 {
+	streamSize := bodySize
+	want := h.Core.PlaintextSize
+	if want >= 0 {
 		expected, err := h.Core.Stream.BodySize(want)
 		if err != nil {
 			return nil, err
 		}
-		if bodySize > expected {
-			return nil, fmt.Errorf("envelope: %w: %d bytes after the body", ErrTrailingData, bodySize-expected)
-		}
+		streamSize = min(bodySize, expected)
 	}
-	sra, err := c.NewReaderAt(io.NewSectionReader(src, h.Size(), bodySize), bodySize)
+	sra, err := c.NewReaderAt(io.NewSectionReader(src, h.Size(), streamSize), streamSize)
 	if err != nil {
 		return nil, err
 	}
-	if want := h.Core.PlaintextSize; want >= 0 && sra.Size() != want {
+	if want >= 0 && sra.Size() != want {
 		return nil, fmt.Errorf("envelope: %w: the body holds %d bytes, the header says %d", ErrSizeMismatch, sra.Size(), want)
+	}
+	if bodySize > streamSize {
+		return nil, fmt.Errorf("envelope: %w: %d bytes after the body", ErrTrailingData, bodySize-streamSize)
 	}
 	return &ReaderAt{ra: sra, slot: slot}, nil
 }
@@ -336,9 +343,14 @@ func checkMinVersion(ctx context.Context, keks []kms.KEK, slot format.Slot, min 
 	return fmt.Errorf("envelope: %w: cannot list the versions of %s to enforce the minimum %q", ErrKeyVersionRetired, slot.URI, min)
 }
 
-// authenticate checks an unwrapped DEK against the header: the slot's
-// recorded key version, the core's MAC and the stream's key commitment.
+// authenticate checks an unwrapped DEK against the header, in the order of
+// FORMAT.md §3.2: its length, the slot's recorded key version and the
+// core's MAC (header authentication), then the stream's key commitment.
 func authenticate(h *format.Header, slot *format.Slot, res kms.UnwrapResult) (*stream.Cipher, error) {
+	if len(res.DEK) != stream.KeySize {
+		return nil, fmt.Errorf("envelope: %w: the slot for %s unwrapped to %d bytes, not a %d-byte data key",
+			ErrHeaderAuthentication, slot.URI, len(res.DEK), stream.KeySize)
+	}
 	if res.KeyVersion != "" && res.KeyVersion != slot.KeyVersion {
 		return nil, fmt.Errorf("envelope: %w: the slot for %s records key version %q, but version %q wrapped its key",
 			ErrHeaderAuthentication, slot.URI, slot.KeyVersion, res.KeyVersion)

@@ -19,9 +19,10 @@ var (
 	// ErrNoKEK means no KEK of the keyring opened any key slot. The concrete
 	// error is a *[NoKEKError].
 	ErrNoKEK = errors.New("no KEK can open any key slot")
-	// ErrHeaderAuthentication means the core of the header failed its MAC,
-	// or a slot's key version disagrees with the KEK's: the header was
-	// modified.
+	// ErrHeaderAuthentication means a KEK unwrapped a slot but the header
+	// then failed: the unwrapped key is not 32 bytes, the slot's key
+	// version disagrees with the KEK's, or the core failed its MAC. The
+	// header was modified.
 	ErrHeaderAuthentication = errors.New("header authentication failed")
 	// ErrSizeMismatch means the plaintext is not as long as the header
 	// says: on encryption, the writer was given another size than it got.

@@ -285,16 +285,55 @@ func TestCoreFieldTampering(t *testing.T) {
 		f.expectOpen(t, fmt.Sprintf("%s, rewrapped (MAC recomputed: %v)", c.name, c.remac), p.join(), c.want)
 	}
 
-	// A recorded size one byte short: the Reader reads the body that size
-	// implies, whose final chunk is then cut and fails; the ReaderAt sees
-	// the body's length first and reports the byte after it.
+	// A recorded size one byte short: both decryptors read the body that
+	// size implies (FORMAT.md §2.1), whose final chunk is then cut and
+	// fails, before they would look at the byte after it.
 	p := base.clone()
 	addSize(-1)(p)
 	rewrap(t, p, dek, true, f.kek)
 	_, err := Open(t.Context(), p.join(), KEKs{f.kek})
 	checkClass(t, "size -1, rewrapped: Open", err, stream.ErrAuthentication)
 	_, err = NewReaderAt(t.Context(), bytes.NewReader(p.join()), int64(len(p.join())), KEKs{f.kek})
-	checkClass(t, "size -1, rewrapped: NewReaderAt", err, ErrTrailingData)
+	checkClass(t, "size -1, rewrapped: NewReaderAt", err, stream.ErrAuthentication)
+
+	// A recorded size one byte long: the body that size implies is one
+	// byte longer than the file's, which authenticates one byte short.
+	p = base.clone()
+	addSize(1)(p)
+	rewrap(t, p, dek, true, f.kek)
+	_, err = NewReaderAt(t.Context(), bytes.NewReader(p.join()), int64(len(p.join())), KEKs{f.kek})
+	checkClass(t, "size +1, rewrapped: NewReaderAt", err, ErrSizeMismatch)
+	// The right size and one byte after the body: trailing data, for both.
+	p = base.clone()
+	p.body = append(p.body, 0)
+	_, err = Open(t.Context(), p.join(), KEKs{f.kek})
+	checkClass(t, "trailing byte: Open", err, ErrTrailingData)
+	_, err = NewReaderAt(t.Context(), bytes.NewReader(p.join()), int64(len(p.join())), KEKs{f.kek})
+	checkClass(t, "trailing byte: NewReaderAt", err, ErrTrailingData)
+}
+
+// TestUnwrappedKeyLength: a slot that unwraps to a key of another length
+// than 32 bytes fails header authentication (FORMAT.md §3.2), even when
+// the MAC was made with that key.
+func TestUnwrappedKeyLength(t *testing.T) {
+	kek := newLocalKEK(t, "kek")
+	file := encryptReal(t, []kms.KEK{kek}, true, vectorContext, testPlaintext(100))
+	for _, n := range []int{16, 31, 33} {
+		p := split(t, file)
+		bad := bytes.Repeat([]byte{7}, n)
+		copy(p.core[p.macOffset():], specMAC(t, bad, p.core))
+		w, err := kek.Wrap(t.Context(), bad, specAAD(p.core, kek.URI()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb := p.table(t, 0)
+		tb.Slots[0].Wrapped = w.Ciphertext
+		p.setTables(t, tb)
+		_, err = Open(t.Context(), p.join(), KEKs{kek})
+		checkClass(t, fmt.Sprintf("%d-byte key: Open", n), err, ErrHeaderAuthentication)
+		_, err = NewReaderAt(t.Context(), bytes.NewReader(p.join()), int64(len(p.join())), KEKs{kek})
+		checkClass(t, fmt.Sprintf("%d-byte key: NewReaderAt", n), err, ErrHeaderAuthentication)
+	}
 }
 
 // Once a KEK unwraps a slot, a failed MAC is reported at once: the other
@@ -583,3 +622,52 @@ func readKeyFile(k *local.KEK) ([]byte, error) {
 }
 
 func writeKeyFile(path string, data []byte) error { return os.WriteFile(path, data, 0o600) }
+
+// TestDecryptorsAgreeOnBodyEnd cuts and extends the body of a file with and
+// without a recorded size at many lengths: the sequential Reader and the
+// ReaderAt report the same error class for each (FORMAT.md §1.4, §2.1).
+func TestDecryptorsAgreeOnBodyEnd(t *testing.T) {
+	t.Parallel()
+	kek := newLocalKEK(t, "kek")
+	cs := testChunkSize
+	classOf := func(err error) error {
+		if err == nil || err == io.EOF {
+			return nil
+		}
+		for _, c := range errorClasses {
+			if errors.Is(err, c) {
+				return c
+			}
+		}
+		return err
+	}
+	for _, sized := range []bool{true, false} {
+		file := encryptReal(t, []kms.KEK{kek}, sized, nil, testPlaintext(2*cs+20))
+		p := split(t, file)
+		full := cs + stream.TagSize
+		for k := 0; k <= len(p.body)+full+20; k++ {
+			// Every length near a chunk boundary or the body's end, and a
+			// sample of the others.
+			if r := k % full; r > 20 && r < full-20 && (k < len(p.body)-20 || k > len(p.body)+20) && k%97 != 0 {
+				continue
+			}
+			q := p.clone()
+			if k <= len(p.body) {
+				q.body = q.body[:k]
+			} else {
+				q.body = append(q.body, bytes.Repeat([]byte{0xa5}, k-len(p.body))...)
+			}
+			f := q.join()
+			_, serr := Open(t.Context(), f, KEKs{kek})
+			var rerr error
+			if ra, err := NewReaderAt(t.Context(), bytes.NewReader(f), int64(len(f)), KEKs{kek}); err != nil {
+				rerr = err
+			} else {
+				_, rerr = ra.ReadAt(make([]byte, ra.Size()), 0)
+			}
+			if sc, rc := classOf(serr), classOf(rerr); sc != rc {
+				t.Errorf("sized %v, body of %d bytes (valid: %d): Reader %v, ReaderAt %v", sized, k, len(p.body), serr, rerr)
+			}
+		}
+	}
+}

@@ -197,6 +197,16 @@ func specAAD(core []byte, uri string) []byte {
 	return append(aad, uri...)
 }
 
+// specSharedAAD is the associated data of a recipe-2 slot, FORMAT.md §3.2,
+// from the encoded context.
+func specSharedAAD(ctx []byte, uri string) []byte {
+	sum := sha256.Sum256(ctx)
+	aad := []byte("kpcrypt envelope v1 shared slot")
+	aad = append(aad, sum[:]...)
+	aad = binary.BigEndian.AppendUint16(aad, uint16(len(uri)))
+	return append(aad, uri...)
+}
+
 // specMAC is the core's MAC, FORMAT.md §2.2, over the core without its MAC.
 func specMAC(t testing.TB, dek, core []byte) []byte {
 	t.Helper()

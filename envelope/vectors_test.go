@@ -3,10 +3,13 @@ package envelope
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -80,7 +83,7 @@ type vector struct {
 }
 
 func (v *vector) marshal() []byte {
-	fields := testvec.Pairs("expect", v.expect, "keyring", strings.Join(v.keyring, " "))
+	fields := testvec.Pairs("expect", v.expect, "decryptor", "any", "keyring", strings.Join(v.keyring, " "))
 	if v.expect == expectSuccess {
 		fields = append(fields, testvec.Pairs(
 			"opened slot", strconv.Itoa(v.slot),
@@ -99,6 +102,11 @@ func parseVector(f *testvec.File) (*vector, error) {
 		switch fd.Key {
 		case "expect":
 			v.expect = fd.Value
+		case "decryptor":
+			// Every envelope vector is for any decryptor (FORMAT.md §6).
+			if fd.Value != "any" {
+				err = fmt.Errorf("unknown decryptor %q", fd.Value)
+			}
 		case "keyring":
 			v.keyring = strings.Fields(fd.Value)
 		case "opened slot":
@@ -311,7 +319,23 @@ func generateVectors(t *testing.T, keks map[string]*local.KEK) []*vector {
 	ptUnsized := testPlaintext(2 * cs)
 	valid("valid-unknown-size", byEncrypter("valid-unknown-size", false, nil, ptUnsized), one, 0, ptUnsized,
 		"size not recorded (flags 0), no context, two full chunks and an empty final chunk")
-	valid("valid-empty", byEncrypter("valid-empty", true, nil, nil), one, 0, nil, "empty plaintext, size 0 recorded")
+	valid("valid-empty", byEncrypter("valid-empty", true, nil, nil), one, 0, nil, "empty plaintext, size 0 recorded, no context")
+	// The context rules at their limits: 64 pairs, a key of 255 bytes, an
+	// empty value, UTF-8 beyond ASCII in a key and a value.
+	var edges []string
+	for i := range 61 {
+		v := "v"
+		switch i {
+		case 0:
+			v = ""
+		case 1:
+			v = "значение"
+		}
+		edges = append(edges, fmt.Sprintf("k%02d", i), v)
+	}
+	edges = append(edges, "purpose", "test vectors", strings.Repeat("z", 255), "v", "ключ", "v")
+	valid("valid-context-limits", byEncrypter("valid-context-limits", true, edges, pt), one, 0, pt,
+		"context of 64 pairs: k00 to k60, purpose, a 255-byte key of z and a UTF-8 key (ключ), in byte order; k00's value is empty, k01's is UTF-8 (значение)")
 
 	// Changes to the base file.
 	bp := split(t, base)
@@ -359,11 +383,19 @@ func generateVectors(t *testing.T, keks map[string]*local.KEK) []*vector {
 	// The core's fields.
 	invalid("bad-magic", expectInvalidHeader, flip(0, 0x01), one, "first byte of the magic changed")
 	invalid("unknown-version", expectInvalidHeader, flip(offVersion, 0x03), one, "format version 2")
-	invalid("flags-unknown-bit", expectInvalidHeader, flip(offFlags, 0x02), one, "flag bit 1 set")
+	invalid("flags-unknown-bit", expectInvalidHeader, flip(offFlags, 0x04), one, "flag bit 2 set")
+	invalid("flags-compressed-with-size", expectInvalidHeader, flip(offFlags, 0x02), one, "flag bit 1 (compressed) set beside bit 0 (size recorded)")
 	invalid("flags-size-cleared", expectInvalidHeader, flip(offFlags, 0x01), one, "flag bit 0 cleared, the plaintext size still non-zero")
 	invalid("slot-table-size-changed", expectInvalidHeader, setU32(offTableSize, vectorTableSize+256), one,
 		"slot table size 512 -> 768, within range: both copies are then read at the wrong offsets and fail their checksums")
 	invalid("slot-table-size-out-of-range", expectInvalidHeader, setU32(offTableSize, format.MaxSlotTableSize+1), one, "slot table size 65537")
+	invalid("slot-table-size-under-minimum", expectInvalidHeader, setU32(offTableSize, format.MinSlotTableSize-1), one, "slot table size 255")
+	setSize := func(v uint64) []byte {
+		return edit(func(p *fileParts) { binary.BigEndian.PutUint64(p.core[offPlainSize:], v) })
+	}
+	invalid("plaintext-size-over-chunk-limit", expectInvalidHeader, setSize(1<<44), one,
+		"plaintext size 2^44, which needs 2^32 + 1 chunks of 4096 bytes: over the chunk limit")
+	invalid("plaintext-size-over-int63", expectInvalidHeader, setSize(1<<63), one, "plaintext size 2^63")
 	invalid("plaintext-size-changed", expectNoKEK, flip(offPlainSize+7, 0x01), one, "plaintext size + 1: the core changed, so its slot's AAD")
 	invalid("chunk-size-changed", expectNoKEK, setU32(offChunkSize, 2*uint32(cs)), one, "chunk size 4096 -> 8192, within range: the AAD binds it")
 	invalid("chunk-size-out-of-range", expectInvalidHeader, setU32(offChunkSize, uint32(cs)-1), one, "chunk size 4095")
@@ -386,7 +418,42 @@ func generateVectors(t *testing.T, keks map[string]*local.KEK) []*vector {
 	invalid("salt-changed-rewrapped", expectCommitment, rewrapped("salt-changed-rewrapped", true, func(p *fileParts) { p.core[offSalt] ^= 1 }), one,
 		"salt flipped, MAC recomputed and DEK wrapped again with the DEK: the stream commitment fails")
 	invalid("plaintext-size-changed-rewrapped", expectSizeMismatch, rewrapped("plaintext-size-changed-rewrapped", true, func(p *fileParts) { p.core[offPlainSize+7] ^= 1 }), one,
-		"plaintext size + 1, MAC recomputed and DEK wrapped again: the body holds one byte less")
+		"plaintext size + 1, MAC recomputed and DEK wrapped again: the body that size implies is one byte longer than the file's, which authenticates one byte short")
+	invalid("plaintext-size-decreased-rewrapped", expectAuth, rewrapped("plaintext-size-decreased-rewrapped", true, func(p *fileParts) {
+		binary.BigEndian.PutUint64(p.core[offPlainSize:], uint64(len(pt)-1))
+	}), one, "plaintext size - 1, MAC recomputed and DEK wrapped again: the body that size implies ends one byte before the file's, inside the final chunk's tag, which fails before the byte after it is looked at")
+	invalid("plaintext-size-at-chunk-limit-rewrapped", expectSizeMismatch, rewrapped("plaintext-size-at-chunk-limit-rewrapped", true, func(p *fileParts) {
+		binary.BigEndian.PutUint64(p.core[offPlainSize:], 1<<44-1)
+	}), one, "plaintext size 2^44 - 1 (2^32 chunks of 4096 bytes, the limit, so a valid header), MAC recomputed and DEK wrapped again: the body authenticates 4196 bytes")
+
+	// The checks after an unwrap, in order: key length, key version and
+	// MAC (header authentication), then the commitment.
+	invalid("salt-and-mac-changed-rewrapped", expectHeaderAuth, rewrapped("salt-and-mac-changed-rewrapped", false, func(p *fileParts) { p.core[offSalt] ^= 1 }), one,
+		"salt flipped, MAC not recomputed, DEK wrapped again: the MAC is checked before the commitment")
+	invalid("salt-and-version-changed-rewrapped", expectHeaderAuth, func() []byte {
+		vectorSeed(t, "salt-and-version-changed-rewrapped")
+		p := bp.clone()
+		p.core[offSalt] ^= 1
+		rewrap(t, p, dek, true, k1)
+		tb := p.table(t, 0)
+		tb.Slots[0].KeyVersion += "0"
+		p.setTables(t, tb)
+		return p.join()
+	}(), one, "salt flipped, MAC recomputed, DEK wrapped again, a 0 appended to the key version: the version is checked before the commitment")
+	invalid("dek-31-bytes-rewrapped", expectHeaderAuth, func() []byte {
+		vectorSeed(t, "dek-31-bytes-rewrapped")
+		p := bp.clone()
+		short := dek[:31]
+		copy(p.core[p.macOffset():], specMAC(t, short, p.core))
+		w, err := k1.Wrap(context.Background(), short, specAAD(p.core, k1.URI()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb := p.table(t, 0)
+		tb.Slots[0].Wrapped = w.Ciphertext
+		p.setTables(t, tb)
+		return p.join()
+	}(), one, "a holder of the KEK wraps the first 31 bytes of the DEK, and computes the MAC with them: an unwrapped key that is not 32 bytes")
 
 	// The slots.
 	slotEdit := func(f func(s *format.Slot)) []byte {
@@ -406,6 +473,46 @@ func generateVectors(t *testing.T, keks map[string]*local.KEK) []*vector {
 	other := split(t, encryptReal(t, []kms.KEK{k1}, true, vectorContext, pt))
 	invalid("slot-from-other-file", expectNoKEK, edit(func(p *fileParts) { p.tables = other.tables }), one,
 		"both table copies taken from another file under the same KEK: the AAD binds the slot to its core")
+	invalid("slot-recipe-changed", expectNoKEK, slotEdit(func(s *format.Slot) { s.AADRecipe = 2 }), one,
+		"the slot's AAD recipe changed from 1 to 2 (checksums recomputed): the unwrap is given another AAD")
+
+	// The keyring: KEKs come from the caller, never from a slot's URI.
+	vectorSeed(t, "valid-key-file-renamed")
+	const renamed = "local:/etc/kpcrypt/old-name.json"
+	valid("valid-key-file-renamed", edit(func(p *fileParts) {
+		w, err := k1.Wrap(context.Background(), dek, specAAD(p.core, renamed))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb := specTable(vectorTableSize, 1, 1, []rawSlot{{1, renamed, w.KeyVersion, w.Ciphertext}})
+		p.tables = [2][]byte{tb, tb}
+	}), one, 0, pt, "the slot's URI is "+renamed+", wrapped under kek.json with that URI in the AAD: a keyring KEK is offered to every slot of its scheme")
+	vectorSeed(t, "uri-names-key-not-in-keyring")
+	invalid("uri-names-key-not-in-keyring", expectNoKEK, edit(func(p *fileParts) { p.tables[0], p.tables[1] = k2Slot(1), k2Slot(1) }), one,
+		"one slot, local:kek-2.json, wrapped under kek-2.json; the keyring holds kek.json alone: the file that a URI names is never loaded")
+
+	// Recipe 2: a slot bound to the context, not to the core.
+	encCtx := specContext(vectorContext...)
+	sharedTable := func(dek []byte) []byte {
+		w, err := k1.Wrap(context.Background(), dek, specSharedAAD(encCtx, k1.URI()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return specTable(vectorTableSize, 1, 1, []rawSlot{{2, k1.URI(), w.KeyVersion, w.Ciphertext}})
+	}
+	vectorSeed(t, "valid-shared-slot")
+	shared := edit(func(p *fileParts) { tb := sharedTable(dek); p.tables = [2][]byte{tb, tb} })
+	valid("valid-shared-slot", shared, one, 0, pt, "valid-1-slot with its slot replaced by a recipe-2 slot for the same DEK")
+	sp := split(t, shared)
+	sharedEdit := func(f func(p *fileParts)) []byte { p := sp.clone(); f(p); return p.join() }
+	invalid("shared-slot-context-changed", expectNoKEK, sharedEdit(func(p *fileParts) { p.core[offCtx+x-1] ^= 1 }), one,
+		"valid-shared-slot with the last byte of the context changed: the recipe-2 AAD binds the context")
+	invalid("shared-slot-salt-changed", expectHeaderAuth, sharedEdit(func(p *fileParts) { p.core[offSalt] ^= 1 }), one,
+		"valid-shared-slot with a bit of the salt flipped: the recipe-2 slot still unwraps, the MAC fails")
+	vectorSeed(t, "shared-slot-from-other-file")
+	otherDEK := unwrapDEK(t, other, 0, 0, k1)
+	invalid("shared-slot-from-other-file", expectHeaderAuth, edit(func(p *fileParts) { tb := sharedTable(otherDEK); p.tables = [2][]byte{tb, tb} }), one,
+		"a recipe-2 slot for the DEK of another file with the same context: it unwraps (to the wrong DEK), the MAC fails")
 
 	// Bounds.
 	invalid("context-length-over-bound", expectInvalidHeader, edit(func(p *fileParts) {
@@ -425,11 +532,80 @@ func generateVectors(t *testing.T, keks map[string]*local.KEK) []*vector {
 	}), one, "slot table size 2048 and a slot URI of 1025 bytes in both copies")
 	invalid("both-copies-torn", expectInvalidHeader, edit(func(p *fileParts) { garbage(p.tables[0]); garbage(p.tables[1]) }), one,
 		"the second half of both table copies is garbage")
-	invalid("truncated-header", expectInvalidHeader, base[:len(bp.core)+2*vectorTableSize-1], one, "the file ends one byte before the body")
+	invalid("truncated-in-core", expectInvalidHeader, base[:offCtx+5], one, "the file ends 5 bytes into the context")
+	invalid("truncated-in-copy-0", expectInvalidHeader, base[:len(bp.core)+100], one, "the file ends 100 bytes into table copy 0")
+	invalid("truncated-in-copy-1", expectInvalidHeader, base[:len(bp.core)+2*vectorTableSize-1], one,
+		"the file ends one byte before the body, inside table copy 1, while copy 0 is whole and valid")
+
+	// The context rules (the core changes, so the MAC and AAD would fail
+	// too, but the parse comes first).
+	setCtx := func(ctx []byte) []byte {
+		return edit(func(p *fileParts) {
+			mac := p.core[p.macOffset():]
+			core := slices.Clone(p.core[:offCtxLen])
+			core = binary.BigEndian.AppendUint16(core, uint16(len(ctx)))
+			p.core = slices.Concat(core, ctx, mac)
+		})
+	}
+	invalid("context-key-not-utf8", expectInvalidHeader, setCtx(specContext("purpose\xff", "test vectors", "tenant", "kpcrypt")), one, "the key purpose followed by the byte ff")
+	invalid("context-value-not-utf8", expectInvalidHeader, setCtx(specContext("purpose", "test vectors", "tenant", "kpcrypt\xc3")), one, "the value kpcrypt followed by the byte c3, a cut UTF-8 sequence")
+	invalid("context-not-sorted", expectInvalidHeader, setCtx(specContext("tenant", "kpcrypt", "purpose", "test vectors")), one, "tenant before purpose")
+	invalid("context-duplicate-key", expectInvalidHeader, setCtx(specContext("purpose", "test vectors", "purpose", "x", "tenant", "kpcrypt")), one, "the key purpose twice")
+	invalid("context-empty-key", expectInvalidHeader, setCtx(specContext("", "x", "purpose", "test vectors", "tenant", "kpcrypt")), one, "a first pair with an empty key")
+	var many []string
+	for i := range 65 {
+		many = append(many, fmt.Sprintf("k%02d", i), "v")
+	}
+	invalid("context-65-pairs", expectInvalidHeader, setCtx(specContext(many...)), one, "65 pairs k00 to k64, each with value v")
+	ctxBytes := specContext(vectorContext...)
+	invalid("context-value-overrun", expectInvalidHeader, setCtx(ctxBytes[:len(ctxBytes)-1]), one,
+		"the context length one byte short: the last value's length runs past the context")
+	invalid("context-key-overrun", expectInvalidHeader, setCtx(append(slices.Clone(ctxBytes), 5)), one,
+		"one byte 05 after the pairs: a key length with no key")
+
+	// The slot table rules, in both copies, checksums recomputed.
+	s0 := bp.table(t, 0).Slots[0]
+	raw0 := rawSlot{1, s0.URI, s0.KeyVersion, s0.Wrapped}
+	tables := func(f func(b []byte) []byte) []byte {
+		return edit(func(p *fileParts) {
+			for i := range 2 {
+				p.tables[i] = resum(f(p.tables[i]))
+			}
+		})
+	}
+	rawSlots := func(seq uint64, count byte, f func(r *rawSlot)) []byte {
+		r := raw0
+		f(&r)
+		return tables(func([]byte) []byte { return specTable(vectorTableSize, seq, count, []rawSlot{r}) })
+	}
+	invalid("table-padding-not-zero", expectInvalidHeader, tables(func(b []byte) []byte { b[len(b)-sha256.Size-1] = 1; return b }), one,
+		"the last padding byte before the checksum is 01")
+	invalid("table-magic-changed", expectInvalidHeader, tables(func(b []byte) []byte { b[0] ^= 1; return b }), one, "first byte of the table magic changed")
+	invalid("table-sequence-zero", expectInvalidHeader, rawSlots(0, 1, func(*rawSlot) {}), one, "sequence 0")
+	invalid("slot-count-zero", expectInvalidHeader, rawSlots(1, 0, func(*rawSlot) {}), one, "slot count 0 (the slot's bytes follow as non-zero padding)")
+	invalid("slot-recipe-zero", expectInvalidHeader, rawSlots(1, 1, func(r *rawSlot) { r.recipe = 0 }), one, "AAD recipe 0")
+	invalid("slot-recipe-unknown", expectInvalidHeader, rawSlots(1, 1, func(r *rawSlot) { r.recipe = 3 }), one, "AAD recipe 3")
+	invalid("slot-uri-empty", expectInvalidHeader, rawSlots(1, 1, func(r *rawSlot) { r.uri = "" }), one, "URI length 0")
+	invalid("slot-uri-space", expectInvalidHeader, rawSlots(1, 1, func(r *rawSlot) { r.uri = "local:kek .json" }), one, "a space (20) in the URI")
+	invalid("slot-uri-not-ascii", expectInvalidHeader, rawSlots(1, 1, func(r *rawSlot) { r.uri = "local:kék.json" }), one, "a UTF-8 é (c3 a9) in the URI")
+	invalid("slot-version-del", expectInvalidHeader, rawSlots(1, 1, func(r *rawSlot) { r.version += "\x7f" }), one, "a DEL (7f) after the key version")
+	invalid("slot-wrapped-empty", expectInvalidHeader, rawSlots(1, 1, func(r *rawSlot) { r.wrapped = nil }), one, "wrapped length 0")
+	invalid("slot-wrapped-over-bound", expectInvalidHeader, edit(func(p *fileParts) {
+		binary.BigEndian.PutUint32(p.core[offTableSize:], 8192)
+		tb := specTable(8192, 1, 1, []rawSlot{{1, s0.URI, s0.KeyVersion, bytes.Repeat([]byte{1}, format.MaxWrappedSize+1)}})
+		p.tables = [2][]byte{tb, tb}
+	}), one, "slot table size 8192 and a wrapped DEK of 4097 bytes in both copies")
+	invalid("slot-overruns-table", expectInvalidHeader, tables(func(b []byte) []byte {
+		off := 13 + 1 + 2 + len(s0.URI) + 1 + len(s0.KeyVersion)
+		binary.BigEndian.PutUint16(b[off:], 500)
+		return b
+	}), one, "wrapped length 500: the slot runs past the 480 bytes before the checksum")
 
 	// The body.
 	invalid("trailing-data", expectTrailingData, slices.Concat(base, []byte("extra")), one, "five bytes after the body of a file whose size is recorded")
 	invalid("body-bit-flip", expectAuth, edit(func(p *fileParts) { p.body[7] ^= 0x04 }), one, "a bit of chunk 0 flipped")
+	invalid("body-ends-inside-tag", expectAuth, edit(func(p *fileParts) { p.body = p.body[:cs+stream.TagSize+5] }), one,
+		"the body ends 5 bytes into the final chunk, too short for a tag")
 	invalid("truncated-body", expectTruncated, edit(func(p *fileParts) { p.body = p.body[:cs+stream.TagSize] }), one,
 		"the final chunk dropped: the body ends after a full chunk")
 	return vs
@@ -574,4 +750,121 @@ func checkVector(t *testing.T, v *vector, keks map[string]*local.KEK) {
 	_, err = ra.ReadAt(pt, 0)
 	slot := ra.Slot()
 	check("ReaderAt", pt, &slot, err)
+}
+
+// TestVectorsLocalKEKBySpec unwraps the slot that opens each valid vector
+// from FORMAT.md §7.1 alone, as another implementation would: the Tink JSON
+// keyset read with encoding/json, the AesGcmKey protobuf by hand, AES-GCM
+// from the standard library, and no Tink. It then checks the key version
+// and the header MAC (§3.2, §2.2) with the DEK it found.
+func TestVectorsLocalKEKBySpec(t *testing.T) {
+	dir, _ := vectorKEKs(t)
+	type tinkKey struct {
+		KeyData struct {
+			TypeURL string `json:"typeUrl"`
+			Value   []byte `json:"value"` // standard base64
+		} `json:"keyData"`
+		Status           string `json:"status"`
+		KeyID            uint32 `json:"keyId"`
+		OutputPrefixType string `json:"outputPrefixType"`
+	}
+	keysets := map[string][]tinkKey{}
+	for _, name := range vectorKeyFiles {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ks struct {
+			Key []tinkKey `json:"key"`
+		}
+		if err := json.Unmarshal(data, &ks); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		keysets[name] = ks.Key
+	}
+	// aesGcmKey returns field 3 of an AesGcmKey message; field 1 must be 0.
+	aesGcmKey := func(msg []byte) []byte {
+		var key []byte
+		for len(msg) > 0 {
+			tag, n := binary.Uvarint(msg)
+			if n <= 0 {
+				return nil
+			}
+			msg = msg[n:]
+			switch tag {
+			case 1<<3 | 0:
+				v, n := binary.Uvarint(msg)
+				if n <= 0 || v != 0 {
+					return nil
+				}
+				msg = msg[n:]
+			case 3<<3 | 2:
+				l, n := binary.Uvarint(msg)
+				if n <= 0 || uint64(len(msg)-n) < l {
+					return nil
+				}
+				key, msg = msg[n:n+int(l)], msg[n+int(l):]
+			default:
+				return nil
+			}
+		}
+		return key
+	}
+	const typeURL = "type.googleapis.com/google.crypto.tink.AesGcmKey"
+	n := 0
+	for _, v := range loadVectors(t, dir) {
+		if v.expect != expectSuccess {
+			continue
+		}
+		p := split(t, v.file)
+		var tb *format.SlotTable
+		for i := range 2 {
+			if x, err := format.ParseSlotTable(p.tables[i]); err == nil && (tb == nil || x.Sequence > tb.Sequence) {
+				tb = x
+			}
+		}
+		s := tb.Slots[v.slot]
+		aad := specAAD(p.core, s.URI)
+		if s.AADRecipe == format.AADRecipeShared {
+			aad = specSharedAAD(p.core[offCtx:p.macOffset()], s.URI)
+		}
+		w := s.Wrapped
+		if len(w) != 5+12+32+16 || w[0] != 0x01 {
+			t.Errorf("%s: wrapped DEK of %d bytes starting %x, want 65 bytes starting 01", v.name, len(w), w[:1])
+			continue
+		}
+		id := binary.BigEndian.Uint32(w[1:5])
+		var dek []byte
+		for _, name := range v.keyring {
+			for _, k := range keysets[name] {
+				key := aesGcmKey(k.KeyData.Value)
+				if k.Status != "ENABLED" || k.KeyData.TypeURL != typeURL || k.OutputPrefixType != "TINK" || len(key) != 32 || k.KeyID != id {
+					continue
+				}
+				block, err := aes.NewCipher(key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				g, err := cipher.NewGCM(block)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if pt, err := g.Open(nil, w[5:17], w[17:], aad); err == nil {
+					dek = pt
+				}
+			}
+		}
+		switch {
+		case len(dek) != stream.KeySize:
+			t.Errorf("%s: no key of the keyring unwraps slot %d by FORMAT.md §7.1", v.name, v.slot)
+		case s.KeyVersion != strconv.FormatUint(uint64(id), 10):
+			t.Errorf("%s: slot version %q, key ID %d", v.name, s.KeyVersion, id)
+		case !bytes.Equal(specMAC(t, dek, p.core), p.core[p.macOffset():]):
+			t.Errorf("%s: the DEK unwrapped by §7.1 does not verify the header MAC", v.name)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatal("no valid vector")
+	}
 }

@@ -213,10 +213,11 @@ func TestAttackTruncation(t *testing.T) {
 			tc.reader = fails(ErrTruncated, k, k)
 			tc.at = fails(ErrTruncated, k, 0)
 		default:
-			// The partial chunk is taken for a final chunk and fails. The
-			// ReaderAt may tell from the size alone that it is cut short.
+			// The partial chunk is taken for a final chunk and fails; the
+			// ReaderAt opens it first, or sees from the size alone that
+			// it is too short for a tag (FORMAT.md §1.4).
 			tc.reader = fails(ErrAuthentication, k, k)
-			tc.at = outcome{classes: []error{ErrAuthentication, ErrTruncated}, index: k}
+			tc.at = fails(ErrAuthentication, k, 0)
 		}
 		tc.ct = s.ct[:cut]
 		cases = append(cases, tc)
@@ -294,18 +295,23 @@ func TestAttackChunkLayout(t *testing.T) {
 		add(fmt.Sprintf("trailing %d bytes", len(extra)), slices.Concat(s.ct, extra),
 			fails(ErrAuthentication, last, last), fails(ErrAuthentication, last, 0))
 	}
-	// Enough to fill the final chunk's place to a full chunk: the Reader
-	// opens it as a full chunk, the ReaderAt sees a stream cut at a boundary.
+	// Enough to fill the final chunk's place to a full chunk: both open it
+	// as a full chunk, which fails.
 	fill := make([]byte, attackFull-len(ch[last]))
-	add("trailing to a full chunk", slices.Concat(s.ct, fill), fails(ErrAuthentication, last, last), fails(ErrTruncated, last+1, 0))
+	add("trailing to a full chunk", slices.Concat(s.ct, fill), fails(ErrAuthentication, last, last), fails(ErrAuthentication, last, 0))
 	add("trailing chunk", slices.Concat(s.ct, ch[0]), fails(ErrAuthentication, last, last), fails(ErrAuthentication, last+1, 0))
 
 	// A final chunk sealed full, or a short last chunk sealed as not final:
 	// the end-of-stream rule, broken by someone holding the key.
-	// A full chunk is never final: the Reader opens it as a full one, the
-	// ReaderAt finds no final chunk after it.
+	// A full chunk is never final: both open it as a full one, which fails.
 	add("full final chunk", s.join(ch[0], ch[1], s.c.seal(nil, s.pt[2*attackCS:3*attackCS], 2, true)),
-		fails(ErrAuthentication, 2, 2), fails(ErrTruncated, 3, 0))
+		fails(ErrAuthentication, 2, 2), fails(ErrAuthentication, 2, 0))
+	// Two defects: chunk 0 flipped and the final chunk dropped. Each
+	// decryptor reports the first it meets: the Reader reads in order, the
+	// ReaderAt starts at the end.
+	bad0 := slices.Clone(ch[0])
+	bad0[3] ^= 1
+	add("flip 0, drop final", s.join(bad0, ch[1], ch[2]), fails(ErrAuthentication, 0, 0), fails(ErrTruncated, last, 0))
 	add("unflagged final chunk", s.join(ch[0], ch[1], ch[2], s.c.seal(nil, s.pt[3*attackCS:], 3, false)),
 		fails(ErrAuthentication, 3, 3), fails(ErrAuthentication, 3, 0))
 

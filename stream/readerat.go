@@ -34,10 +34,17 @@ type openedChunk struct {
 // NewReaderAt returns a random-access reader of the stream body held in the
 // first bodySize bytes of src (the chunks, without the header). It opens the
 // final chunk before returning.
+//
+// A body size that no stream has gets the error class a sequential
+// [Reader] reports for a body whose only defect is its end (FORMAT.md
+// §1.4): a body that ends 1 to 15 bytes into a chunk has a final chunk cut
+// inside its tag ([ErrAuthentication]); one made only of full chunks is
+// [ErrTruncated] if its last chunk opens as a full one, and
+// [ErrAuthentication] if it does not (a full chunk sealed as final, say).
 func (c *Cipher) NewReaderAt(src io.ReaderAt, bodySize int64) (*ReaderAt, error) {
 	size, chunks, err := c.header.layout(bodySize)
 	if err != nil {
-		return nil, err
+		return nil, c.impossibleBody(src, bodySize, err)
 	}
 	if chunks > int64(c.maxChunks) {
 		return nil, ErrTooLong
@@ -47,6 +54,30 @@ func (c *Cipher) NewReaderAt(src io.ReaderAt, bodySize int64) (*ReaderAt, error)
 		return nil, err
 	}
 	return r, nil
+}
+
+// impossibleBody returns the error for a body of bodySize bytes, which
+// layout refused with err.
+func (c *Cipher) impossibleBody(src io.ReaderAt, bodySize int64, err error) error {
+	var ce *ChunkError
+	if bodySize <= 0 || !errors.As(err, &ce) || ce.Err != ErrTruncated {
+		return err
+	}
+	full := int64(c.header.ChunkSize) + TagSize
+	k := bodySize / full // the index of the final chunk, cut or missing
+	if bodySize%full != 0 {
+		// 1 to 15 bytes: a final chunk too short to hold its tag.
+		return &ChunkError{Index: uint64(k), Err: ErrAuthentication}
+	}
+	if k >= int64(c.maxChunks) {
+		return ErrTooLong
+	}
+	// Open the last chunk as a full one, as a sequential reader would.
+	r := &ReaderAt{c: c, src: src, bodySize: bodySize, chunks: k + 1}
+	if _, err := r.chunk(k - 1); err != nil {
+		return err
+	}
+	return err
 }
 
 // Size returns the plaintext size, authenticated by the final chunk.

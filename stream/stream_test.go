@@ -1063,7 +1063,9 @@ func TestReaderAtSourceEOF(t *testing.T) {
 	}{
 		{"header only", ct[:HeaderSize], HeaderSize, ErrTruncated},
 		{"size beyond the header's end", ct[:HeaderSize-1], HeaderSize + 100, ErrInvalidHeader},
-		{"size beyond the data", ct, int64(len(ct)) + cs, ErrTruncated},
+		{"size beyond the data", ct, int64(len(ct)) + cs + TagSize, ErrTruncated},
+		{"size 1 byte into a chunk", ct[:HeaderSize+2*(cs+TagSize)+1], HeaderSize + 2*(cs+TagSize) + 1, ErrAuthentication},
+		{"size of full chunks only", ct[:HeaderSize+2*(cs+TagSize)], HeaderSize + 2*(cs+TagSize), ErrTruncated},
 		{"size beyond a chunk", ct[:HeaderSize+cs+TagSize], int64(len(ct)), ErrTruncated},
 	} {
 		_, err := NewDecryptReaderAt(eofReaderAt(tc.data), tc.size, dek)

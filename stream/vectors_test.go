@@ -3,6 +3,7 @@ package stream
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -43,9 +44,17 @@ var expectErr = map[string]error{
 	expectTruncated:  ErrTruncated,
 }
 
+// The decryptors a vector is for (FORMAT.md §6).
+const (
+	decryptorAny        = "any"
+	decryptorSequential = "sequential"
+	decryptorRandom     = "random access"
+)
+
 type vector struct {
 	name       string
 	expect     string
+	decryptor  string
 	dek        []byte
 	chunkSize  int
 	released   []byte // SHA-256 of the plaintext a Reader releases, error or not
@@ -56,6 +65,7 @@ type vector struct {
 func (v *vector) marshal() []byte {
 	return (&testvec.File{Fields: testvec.Pairs(
 		"expect", v.expect,
+		"decryptor", v.decryptor,
 		"dek", hex.EncodeToString(v.dek),
 		"chunk size", strconv.Itoa(v.chunkSize),
 		"released sha256", hex.EncodeToString(v.released),
@@ -70,6 +80,8 @@ func parseVector(f *testvec.File) (*vector, error) {
 		switch fd.Key {
 		case "expect":
 			v.expect = fd.Value
+		case "decryptor":
+			v.decryptor = fd.Value
 		case "dek":
 			v.dek, err = hex.DecodeString(fd.Value)
 		case "chunk size":
@@ -87,6 +99,11 @@ func parseVector(f *testvec.File) (*vector, error) {
 	}
 	if _, ok := expectErr[v.expect]; !ok && v.expect != expectSuccess {
 		return nil, fmt.Errorf("%s: unknown expectation %q", f.Name, v.expect)
+	}
+	switch v.decryptor {
+	case decryptorAny, decryptorSequential, decryptorRandom:
+	default:
+		return nil, fmt.Errorf("%s: unknown decryptor %q", f.Name, v.decryptor)
 	}
 	return v, nil
 }
@@ -189,7 +206,7 @@ func generateVectors(t *testing.T) []*vector {
 		if manual, _ := sealStream(t, dek, h, pt); !bytes.Equal(manual, buf.Bytes()) {
 			t.Fatalf("%s: Writer output differs from the format's chunk rule", name)
 		}
-		vs = append(vs, &vector{name: name, expect: expectSuccess, dek: dek, chunkSize: cs,
+		vs = append(vs, &vector{name: name, expect: expectSuccess, decryptor: decryptorAny, dek: dek, chunkSize: cs,
 			released: sum(pt), comment: comment, ciphertext: buf.Bytes()})
 	}
 	valid("valid-empty", 0, "empty plaintext: one empty final chunk")
@@ -206,9 +223,17 @@ func generateVectors(t *testing.T) []*vector {
 	ct, chunks := sealStream(t, dek, h, pt)
 	hdr := ct[:HeaderSize]
 	released := func(nChunks int) []byte { return sum(pt[:nChunks*cs]) }
-	invalid := func(name, expect string, ct []byte, releasedChunks int, comment string) {
-		vs = append(vs, &vector{name: name, expect: expect, dek: dek, chunkSize: cs,
+	for_ := func(decryptor, name, expect string, ct []byte, releasedChunks int, comment string) {
+		// The chunk size line shows the header's field, whatever it holds.
+		headerCS := cs
+		if len(ct) >= 10 {
+			headerCS = int(binary.BigEndian.Uint32(ct[6:10]))
+		}
+		vs = append(vs, &vector{name: name, expect: expect, decryptor: decryptor, dek: dek, chunkSize: headerCS,
 			released: released(releasedChunks), comment: comment, ciphertext: ct})
+	}
+	invalid := func(name, expect string, ct []byte, releasedChunks int, comment string) {
+		for_(decryptorAny, name, expect, ct, releasedChunks, comment)
 	}
 	flip := func(b []byte, off int, mask byte) []byte {
 		b = slices.Clone(b)
@@ -233,11 +258,32 @@ func generateVectors(t *testing.T) []*vector {
 	invalid("unknown-version", expectHeader, flip(ct, 4, 0x02), 0, "version 3")
 	invalid("unknown-algorithm", expectHeader, flip(ct, 5, 0x02), 0, "algorithm 3")
 	invalid("chunk-size-out-of-range", expectHeader, flip(ct, 6, 0x01), 0, "chunk size 16781312, over the 16 MiB bound")
+	setCS := func(v uint32) []byte {
+		b := slices.Clone(ct)
+		binary.BigEndian.PutUint32(b[6:], v)
+		return b
+	}
+	invalid("chunk-size-under-minimum", expectHeader, setCS(MinChunkSize-1), 0, "chunk size 4095, one under the 4 KiB bound")
+	invalid("chunk-size-over-maximum", expectHeader, setCS(MaxChunkSize+1), 0, "chunk size 16777217, one over the 16 MiB bound")
 	invalid("chunk-size-changed", expectCommitment, flip(ct, 8, 0x20), 0, "chunk size 4096 -> 12288, within bounds: the commitment binds it")
 	invalid("salt-bit-flip", expectCommitment, flip(ct, 10, 0x01), 0, "first bit of the salt flipped")
 	invalid("commitment-bit-flip", expectCommitment, flip(ct, HeaderSize-1, 0x80), 0, "last bit of the commitment flipped")
 	invalid("body-bit-flip", expectAuth, flip(ct, HeaderSize+len(chunks[0])+7, 0x04), 1, "a bit of chunk 1's ciphertext flipped")
 	invalid("tag-bit-flip", expectAuth, flip(ct, len(ct)-1, 0x01), 3, "a bit of the final chunk's tag flipped")
+	invalid("body-ends-1-byte-into-chunk", expectAuth, join(hdr, chunks[0], chunks[1], chunks[2], chunks[3][:1]), 3,
+		"the final chunk cut to its first byte: 1 byte after the full chunks, too short for a tag")
+	invalid("body-ends-15-bytes-into-chunk", expectAuth, join(hdr, chunks[0], chunks[1], chunks[2], chunks[3][:15]), 3,
+		"the final chunk cut to 15 bytes after the full chunks, too short for a tag")
+	invalid("body-15-bytes", expectAuth, join(hdr, chunks[0][:15]), 0, "a body of 15 bytes: a final chunk 0 too short for a tag")
+
+	// Two defects: each decryptor reports the first it meets (FORMAT.md
+	// §1.4), the sequential one in order, the random-access one from the
+	// end.
+	twoDefects := join(hdr, flip(chunks[0], 5, 0x01), chunks[1], chunks[2])
+	for_(decryptorSequential, "flip-and-dropped-final-sequential", expectAuth, twoDefects, 0,
+		"a bit of chunk 0 flipped and the final chunk dropped: a sequential decryptor meets chunk 0 first")
+	for_(decryptorRandom, "flip-and-dropped-final-random-access", expectTruncated, twoDefects, 0,
+		"the stream of flip-and-dropped-final-sequential: a random-access decryptor meets the missing final chunk first")
 
 	// Breaking the end-of-stream rule needs the key: a generator may.
 	c, err := NewCipher(dek, h)
@@ -245,11 +291,11 @@ func generateVectors(t *testing.T) []*vector {
 		t.Fatal(err)
 	}
 	fullFinal := join(hdr, chunks[0], chunks[1], c.seal(nil, pt[2*cs:3*cs], 2, true))
-	invalid("full-size-final-chunk", expectAuth, fullFinal, 2, "chunk 2 is full but sealed as final: a full chunk is never final")
+	invalid("full-size-final-chunk", expectAuth, fullFinal, 2, "chunk 2 is full but sealed as final: a full chunk is never final, so it is opened as a full one and fails")
 	unflagged := join(hdr, chunks[0], chunks[1], chunks[2], c.seal(nil, pt[3*cs:], 3, false))
 	invalid("final-chunk-without-flag", expectAuth, unflagged, 3, "the short last chunk was sealed without the final flag")
 
-	wrong := &vector{name: "wrong-dek", expect: expectCommitment, dek: vectorDEK("other"), chunkSize: cs,
+	wrong := &vector{name: "wrong-dek", expect: expectCommitment, decryptor: decryptorAny, dek: vectorDEK("other"), chunkSize: cs,
 		released: released(0), comment: "a valid stream opened with another data key", ciphertext: ct}
 	vs = append(vs, wrong)
 	return vs
@@ -312,39 +358,40 @@ func checkVector(t *testing.T, v *vector) {
 			t.Errorf("%s: error %v, want %q (%v)", how, err, v.expect, want)
 		}
 	}
-	for _, workers := range []int{1, 3} {
-		r, err := NewDecryptReader(bytes.NewReader(v.ciphertext), v.dek, &Options{Workers: workers})
-		if err != nil {
-			check(fmt.Sprintf("NewDecryptReader(workers=%d)", workers), nil, err)
-			continue
+	if v.decryptor != decryptorRandom {
+		for _, workers := range []int{1, 3} {
+			r, err := NewDecryptReader(bytes.NewReader(v.ciphertext), v.dek, &Options{Workers: workers})
+			if err != nil {
+				check(fmt.Sprintf("NewDecryptReader(workers=%d)", workers), nil, err)
+				continue
+			}
+			var got bytes.Buffer
+			_, err = io.Copy(&got, r)
+			check(fmt.Sprintf("Reader(workers=%d)", workers), got.Bytes(), err)
 		}
-		var got bytes.Buffer
-		_, err = io.Copy(&got, r)
-		check(fmt.Sprintf("Reader(workers=%d)", workers), got.Bytes(), err)
+	}
+	if v.decryptor == decryptorSequential {
+		return
 	}
 
-	// The random-access reader must agree on success and on the error class,
-	// except that it may tell truncation apart from a bad chunk by the size.
+	// The random-access reader, reading everything from offset 0, reports
+	// the same class. What it releases is checked for a vector made for it
+	// alone, and for a valid one.
 	ra, err := NewDecryptReaderAt(bytes.NewReader(v.ciphertext), int64(len(v.ciphertext)), v.dek)
+	var got []byte
 	if err == nil {
-		got := make([]byte, ra.Size())
-		_, err = ra.ReadAt(got, 0)
+		got = make([]byte, ra.Size())
+		var n int
+		n, err = ra.ReadAt(got, 0)
+		got = got[:n]
 		if err == io.EOF {
 			err = nil
 		}
-		if v.expect == expectSuccess {
-			check("ReaderAt", got, err)
-		}
 	}
-	switch {
-	case v.expect == expectSuccess && err != nil:
-		t.Errorf("ReaderAt: %v", err)
-	case v.expect != expectSuccess && err == nil:
-		t.Errorf("ReaderAt accepted an invalid stream")
-	case v.expect == expectHeader || v.expect == expectCommitment:
-		if !errors.Is(err, expectErr[v.expect]) {
-			t.Errorf("ReaderAt: error %v, want %q", err, v.expect)
-		}
+	if v.decryptor == decryptorRandom || v.expect == expectSuccess {
+		check("ReaderAt", got, err)
+	} else if !errors.Is(err, want) {
+		t.Errorf("ReaderAt: error %v, want %q", err, v.expect)
 	}
 
 	// A valid vector re-encrypts to itself under its own salt.
