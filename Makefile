@@ -6,12 +6,17 @@ FUZZTIME ?= 30s
 # Modules kept apart so that their dependencies never reach the library's.
 SUBMODULES := $(wildcard interop/go.mod benchmarks/go.mod)
 
-.PHONY: all build test test-short demo bench fuzz vectors vet cross clean
+.PHONY: all build deps test test-short demo bench fuzz vectors vet cross clean
 
 all: build
 
 build:
 	$(GO) build -o bin/ ./cmd/...
+
+# Every module's dependencies, so that make test then runs offline.
+deps:
+	$(GO) mod download
+	@for m in $(dir $(SUBMODULES)); do (cd $$m && $(GO) mod download) || exit 1; done
 
 vet:
 	$(GO) vet ./...
@@ -36,7 +41,7 @@ cross:
 test-short:
 	$(GO) test -short -count=1 ./...
 
-demo: build
+demo: deps build
 	./scripts/demo.sh
 
 # kpcrypt side by side with age, Tink, minio/sio and raw AES-GCM, in fresh
