@@ -13,18 +13,33 @@ import (
 	"testing"
 
 	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
+	"github.com/rogpeppe/go-internal/testscript"
 )
 
-// The CLI tests run the built command, as a user would.
+// The CLI tests run the command as a user would, in processes of its own:
+// the test binary itself, run as "kpcrypt" (testscript's Main), so that
+// coverage counts. kpcryptBin is its path.
 var kpcryptBin string
 
 func TestMain(m *testing.M) {
+	testscript.Main(cliTests{m}, map[string]func(){"kpcrypt": func() { os.Exit(mainCode()) }})
+}
+
+// cliTests sets up the tests' environment around m.Run, only when the test
+// binary runs as the tests (not as the kpcrypt command).
+type cliTests struct{ m *testing.M }
+
+func (c cliTests) Run() int {
 	dir, err := os.MkdirTemp("", "kpcrypt-cli-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return 1
 	}
-	kpcryptBin = filepath.Join(dir, "kpcrypt")
+	defer os.RemoveAll(dir)
+	if kpcryptBin, err = exec.LookPath("kpcrypt"); err != nil {
+		fmt.Fprintln(os.Stderr, "testscript put no kpcrypt in PATH:", err)
+		return 1
+	}
 	// The commands run with no trust configuration and no Key Protect
 	// settings of the user's, unless a test gives them: an empty
 	// configuration directory, and nothing routed through a proxy.
@@ -33,13 +48,7 @@ func TestMain(m *testing.M) {
 		"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"} {
 		os.Unsetenv(v)
 	}
-	if out, err := exec.Command("go", "build", "-o", kpcryptBin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building kpcrypt: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	return c.m.Run()
 }
 
 type result struct {

@@ -116,7 +116,11 @@ Environment for PKCS#11 tokens:
                           is refused on the command line)
 `
 
-func main() {
+func main() { os.Exit(mainCode()) }
+
+// mainCode runs the command line of the process and returns its exit
+// status. The tests run it as the kpcrypt command (testscript).
+func mainCode() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	finished := make(chan struct{})
 	go func() {
@@ -143,7 +147,7 @@ func main() {
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	close(finished)
 	stop()
-	os.Exit(code)
+	return code
 }
 
 // interruptGrace is how long an interrupted command may take to stop.
