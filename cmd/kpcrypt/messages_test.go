@@ -44,6 +44,13 @@ func TestMessages(t *testing.T) {
 			}
 		}
 	}
+	// Two slots refused for the same reason: the reason is said once.
+	kp(t, dir, nil, "keygen", "-o", "kek2.json").expect(t, 0)
+	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "--kek", "local:kek2.json", "-o", "two.kpc", "plain.bin").expect(t, 0)
+	r := kp(t, dir, nil, "decrypt", "-o", "out", "two.kpc")
+	if n := strings.Count(string(r.stderr), "a file may not choose a local key file"); r.code != 1 || n != 1 {
+		t.Errorf("the same cause appears %d times: %s", n, r.stderr)
+	}
 	if r := kp(t, dir, nil, "help", "decrypt"); r.code != 0 || !strings.HasPrefix(string(r.stdout), "Usage: kpcrypt decrypt") {
 		t.Errorf("help decrypt: %d %q", r.code, r.stdout)
 	}
