@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -568,5 +567,39 @@ func TestRangedReadRequests(t *testing.T) {
 		t.Errorf("random reads: %d GETs, at most %d", c.gets.Load(), maxGets)
 	}
 	t.Logf("1000 random 4 KiB reads of a 4 MiB object: %d GETs, %d bytes (%.1f KiB per read)", c.gets.Load(), c.bytes.Load(), float64(c.bytes.Load())/1000/1024)
-	_ = strings.TrimSpace
+
+	// The cache holds DefaultCacheChunks chunks, least recently used out.
+	ra, err = NewReaderAt(ctx, b, "attached", d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readChunk := func(i int64) int64 {
+		c.reset()
+		if _, err := ra.ReadAt(buf, i*65536); err != nil {
+			t.Fatal(err)
+		}
+		return c.gets.Load()
+	}
+	for i := range int64(DefaultCacheChunks + 1) {
+		if n := readChunk(i); n != 1 {
+			t.Fatalf("chunk %d, first read: %d GETs", i, n)
+		}
+	}
+	if n := readChunk(DefaultCacheChunks); n != 0 {
+		t.Errorf("a cached chunk: %d GETs", n)
+	}
+	if n := readChunk(0); n != 1 {
+		t.Errorf("an evicted chunk: %d GETs", n)
+	}
+	// No cache: every read of another chunk than the last one read (which
+	// envelope.ReaderAt keeps) is a GET.
+	ra, err = NewReaderAt(ctx, b, "attached", d, &ReaderAtOptions{CacheChunks: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int64{3, 4, 3} {
+		if n := readChunk(i); n != 1 {
+			t.Errorf("no cache, chunk %d: %d GETs", i, n)
+		}
+	}
 }

@@ -31,7 +31,10 @@ type ReaderAtOptions struct {
 
 // ReaderAt reads an object's plaintext at random offsets over ranged reads.
 // Like envelope.ReaderAt it is safe for concurrent use and has no offset of
-// its own.
+// its own. Concurrent reads that miss the same chunk at once may each fetch
+// it. The object must not change while it is read: a read that finds it
+// shorter fails with io.ErrUnexpectedEOF, and other bytes fail to
+// authenticate.
 type ReaderAt struct {
 	*envelope.ReaderAt
 }
@@ -208,7 +211,7 @@ func (s *source) put(i int64, c []byte) {
 		delete(s.cache, s.order[0])
 		s.order = s.order[1:]
 	}
-	s.cache[i] = c
+	s.cache[i] = bytes.Clone(c) // not the run's buffer, which may be large
 	s.order = append(s.order, i)
 }
 

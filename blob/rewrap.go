@@ -34,6 +34,9 @@ func Rewrap(ctx context.Context, b *blob.Bucket, key string, opts *envelope.Rewr
 // rewrap is Rewrap with a hook called before each step that writes or
 // deletes: tests fail it as a crash would.
 func rewrap(ctx context.Context, b *blob.Bucket, key string, opts *envelope.RewrapOptions, hook func(step string) error) (*envelope.RewrapResult, error) {
+	if opts == nil {
+		opts = &envelope.RewrapOptions{}
+	}
 	call := func(step string) error {
 		if hook == nil {
 			return nil
