@@ -38,6 +38,16 @@
 // [DefaultCacheChunks] ciphertext chunks (about 512 KiB at the default 64 KiB
 // chunk size) unless [ReaderAtOptions.CacheChunks] says otherwise.
 //
+// # Concurrency
+//
+// Concurrent rewraps of one detached object are safe where the bucket's
+// IfNotExist is exclusive: on S3 (If-None-Match), Google Cloud Storage and
+// Azure it is done by the service; memblob's holds within its process, and
+// so does fileblob's (a lock of the process around a check and a rename), so
+// on a directory shared by several processes rewraps of one object must not
+// run at once. Concurrent uploads of one key in the detached layout are not
+// supported (FORMAT.md §8.3).
+//
 // # Errors
 //
 // Errors of gocloud.dev/blob (gcerrors.Code) and of package envelope

@@ -76,8 +76,21 @@ func readAll(r io.Reader, buf []byte) ([]byte, error) {
 }
 
 // listHeaders returns the sequences of the header objects of key, newest
-// first.
+// first. A listing that fails with NotFound (fileblob's, when an object is
+// deleted while it lists) is made again, a bounded number of times.
 func listHeaders(ctx context.Context, b *blob.Bucket, key string) ([]uint64, error) {
+	var err error
+	for range maxFindAttempts {
+		var seqs []uint64
+		seqs, err = listHeadersOnce(ctx, b, key)
+		if err == nil || gcerrors.Code(err) != gcerrors.NotFound {
+			return seqs, err
+		}
+	}
+	return nil, err
+}
+
+func listHeadersOnce(ctx context.Context, b *blob.Bucket, key string) ([]uint64, error) {
 	var seqs []uint64
 	it := b.List(&blob.ListOptions{Prefix: key + HeaderSuffix})
 	for {
