@@ -35,6 +35,9 @@ import (
 type counts struct {
 	gets, lists, puts, other atomic.Int64
 	bytes                    atomic.Int64 // response bodies of object GETs
+
+	partOnce sync.Once
+	part     chan struct{} // closed once a part of a multipart upload is stored
 }
 
 func (c *counts) reset() {
@@ -62,6 +65,9 @@ func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 	case r.Method == http.MethodPut || r.Method == http.MethodPost:
 		t.c.puts.Add(1)
+		if err == nil && resp.StatusCode == http.StatusOK && r.URL.Query().Has("partNumber") {
+			t.c.partOnce.Do(func() { close(t.c.part) })
+		}
 	default:
 		t.c.other.Add(1)
 	}
@@ -79,7 +85,7 @@ func s3Bucket(t testing.TB) (*blob.Bucket, *counts) {
 	if err := backend.CreateBucket("kpcrypt"); err != nil {
 		t.Fatal(err)
 	}
-	c := &counts{}
+	c := &counts{part: make(chan struct{})}
 	cfg := aws.Config{
 		Region:       "us-east-1",
 		Credentials:  credentials.NewStaticCredentialsProvider("test", "test", ""),
@@ -602,4 +608,37 @@ func TestRangedReadRequests(t *testing.T) {
 			t.Errorf("no cache, chunk %d: %d GETs", i, n)
 		}
 	}
+}
+
+// On S3 an object larger than a part goes up as a multipart upload; one
+// aborted after a part was stored leaves no object.
+func TestAbortMultipartS3(t *testing.T) {
+	ctx := context.Background()
+	kek := newKEK(t, "a.json")
+	e := &envelope.Encrypter{KEKs: []kms.KEK{kek}}
+	b, c := s3Bucket(t)
+	w, err := NewWriter(ctx, b, "big", e, envelope.UnknownSize, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mib := plaintext(1<<20, 8)
+	stored := false
+	for i := 0; i < 256 && !stored; i++ {
+		if _, err := w.Write(mib); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-c.part:
+			stored = true
+		default:
+		}
+	}
+	if !stored {
+		t.Fatal("no part stored after 256 MiB")
+	}
+	w.Abort(errors.New("source failed"))
+	if err := w.Close(); !errors.Is(err, stream.ErrAborted) {
+		t.Fatalf("Close: %v", err)
+	}
+	assertNoObject(t, ctx, b, "big")
 }
