@@ -530,6 +530,15 @@ func TestRangedReadRequests(t *testing.T) {
 		t.Logf("open %s: %d GETs, %d LISTs, %d bytes", tc.key, c.gets.Load(), c.lists.Load(), c.bytes.Load())
 	}
 
+	// A first read shorter than the header: a second for the rest.
+	c.reset()
+	if _, err := NewReaderAt(ctx, b, "attached", d, &ReaderAtOptions{HeaderReadSize: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if c.gets.Load() != 3 {
+		t.Errorf("open with a 100-byte first read: %d GETs, want 3", c.gets.Load())
+	}
+
 	ra, err := NewReaderAt(ctx, b, "attached", d, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -641,4 +650,22 @@ func TestAbortMultipartS3(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	assertNoObject(t, ctx, b, "big")
+}
+
+func TestIsHeaderKey(t *testing.T) {
+	for name, want := range map[string]string{
+		"a/b.kpch.00000000000000000001":      "a/b",
+		"a.kpch.x.kpch.00000000000000000012": "a.kpch.x",
+		"a.kpch.0000000000000000001":         "",
+		"a.kpch.00000000000000000000":        "",
+		"a.kpch.0000000000000000000a":        "",
+		"a.kpch.00000000000000000001.bak":    "",
+		"a":                                  "",
+		".kpch.00000000000000000003":         "",
+	} {
+		got, ok := IsHeaderKey(name)
+		if got != want || ok != (want != "") {
+			t.Errorf("IsHeaderKey(%q) = %q, %v", name, got, ok)
+		}
+	}
 }

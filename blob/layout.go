@@ -28,6 +28,20 @@ var (
 // objects: NAME + HeaderSuffix + 20 decimal digits.
 const HeaderSuffix = ".kpch."
 
+// IsHeaderKey reports whether name is the key of a header object of the
+// detached layout (NAME.kpch. and 20 digits), which a walk of a bucket
+// should pass over, and if so returns the key of its object.
+func IsHeaderKey(name string) (object string, ok bool) {
+	i := strings.LastIndex(name, HeaderSuffix)
+	if i <= 0 {
+		return "", false
+	}
+	if _, ok := parseHeaderKey(name[:i], name); !ok {
+		return "", false
+	}
+	return name[:i], true
+}
+
 // headerKey returns the key of the header object of sequence n.
 func headerKey(key string, n uint64) string {
 	return fmt.Sprintf("%s%s%020d", key, HeaderSuffix, n)
