@@ -53,5 +53,5 @@
 // Errors of gocloud.dev/blob (gcerrors.Code) and of package envelope
 // (envelope.ErrNoKEK, stream.ErrTruncated, …) pass through wrapped, so
 // callers test them with errors.Is and gcerrors.Code; this package adds
-// [ErrNoHeader] and [ErrNotDetached].
+// [ErrNoHeader], [ErrNotDetached] and [ErrConflict].
 package blob
