@@ -4,7 +4,7 @@
 GO       ?= go
 FUZZTIME ?= 30s
 # Modules kept apart so that their dependencies never reach the library's.
-SUBMODULES := $(wildcard interop/go.mod benchmarks/go.mod)
+SUBMODULES := $(wildcard interop/go.mod benchmarks/go.mod blob/go.mod)
 
 .PHONY: all build deps test test-short demo bench fuzz vectors vet cross clean
 
