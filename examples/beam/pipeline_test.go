@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/testing/ptest"
 
+	"github.com/kpcrypt/kpcrypt/envelope"
 	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
 	"github.com/kpcrypt/kpcrypt/kplocal"
+	"github.com/kpcrypt/kpcrypt/kplocal/kpclient"
 )
 
 // TestMain runs the tests' pipelines on prism, Beam's portable runner, in
@@ -49,6 +54,7 @@ func TestPipeline(t *testing.T) {
 	}
 
 	st := srv.Stats()
+	checkObjects(t, srv, cfg)
 	openers, encrypters := workerCounts()
 	t.Logf("%d objects of %d records; %d openers, %d encrypters; kplocal: %d tokens, %d wraps, %d unwraps, %d rotations, %d rewraps, %d version lists",
 		cfg.Objects, cfg.Records, openers, encrypters, st.Tokens, st.Wrap, st.Unwrap, st.Rotate, st.Rewrap, st.Versions)
@@ -83,5 +89,50 @@ func TestPipeline(t *testing.T) {
 	}
 	if st.Faults != 0 || st.Unauthorized != 0 {
 		t.Errorf("%d faults and %d unauthorized requests, want none", st.Faults, st.Unauthorized)
+	}
+}
+
+// checkObjects checks, outside the pipeline, that Dir holds exactly the
+// objects, with no temporary file left, each with one slot at the root
+// key's current version.
+func checkObjects(t *testing.T, srv *kplocal.Running, cfg Config) {
+	t.Helper()
+	client, err := kpclient.Client(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek, err := keyprotect.NewKEK(client, cfg.KEK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current, err := kek.CurrentVersion(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(cfg.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != cfg.Objects {
+		t.Errorf("%d files in the directory, want %d objects", len(entries), cfg.Objects)
+	}
+	for i := range cfg.Objects {
+		f, err := os.Open(filepath.Join(cfg.Dir, objectName(i)))
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		h, err := envelope.Inspect(f)
+		f.Close()
+		if err != nil {
+			t.Errorf("%s: %v", objectName(i), err)
+			continue
+		}
+		if len(h.Slots) != 1 || h.Slots[0].KEK != cfg.KEK || h.Slots[0].KeyVersion != current {
+			t.Errorf("%s: slots %+v, want one for %s at version %s", objectName(i), h.Slots, cfg.KEK, current)
+		}
+		if h.Context["dataset"] != cfg.Dataset {
+			t.Errorf("%s: context %v, want dataset %s", objectName(i), h.Context, cfg.Dataset)
+		}
 	}
 }
