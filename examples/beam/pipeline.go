@@ -354,6 +354,8 @@ func workerKEK(ctx context.Context, crn string) (kms.KEK, error) {
 	if kek := worker.keks[id]; kek != nil {
 		return kek, nil
 	}
+	// Open makes no KMS call (the Opener has no Route): holding the lock
+	// across it stalls no one.
 	kek, err := o.Open(ctx, crn)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", crn, err)
