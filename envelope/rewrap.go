@@ -59,16 +59,17 @@ type RewrapOptions struct {
 //
 // It remembers, for its lifetime, the current version of each KEK (by URI),
 // so it is meant for one batch: a KEK rotated while the batch runs is seen
-// at the version first asked. And it remembers the server-side rewrap of
-// each slot of the shared recipe (FORMAT.md §3.2, recipe 2: the slots that
-// files written with [DataKeyReuse] share): keyed by the KEK URI, the
-// wrapped DEK and its associated data, so the one rewrapped slot goes into
-// every file that held the same slot, as recipe 2 allows, and readers with
-// a [DataKeyCache] find it there. With it, a batch of files sharing D
-// wrapped DEKs under K KEKs makes at most D + K KMS calls (a current
-// version per KEK, a rewrap per DEK) where it made two per file. Per-file
-// slots (recipe 1) are rewrapped one by one as before: no two files share
-// one.
+// at the version first asked. And it remembers the rewrap of each slot of
+// the shared recipe (FORMAT.md §3.2, recipe 2: the slots that files
+// written with [DataKeyReuse] share): keyed by the KEK URI, the wrapped DEK
+// and its associated data, so the one rewrapped slot goes into every file
+// that held the same slot, as recipe 2 allows, and readers with a
+// [DataKeyCache] find it there. With it, a batch of files sharing D wrapped
+// DEKs under K KEKs makes at most D + K KMS calls (a current version per
+// KEK, a server-side rewrap per DEK) where it made two per file. A KEK that
+// cannot rewrap on its side has the DEK unwrapped and wrapped anew, under
+// the same recipe, once per DEK too. Per-file slots (recipe 1) are
+// rewrapped one by one as before: no two files share one.
 //
 // Rewraps of the same key that overlap wait for the first; the wait
 // honours their context. A failure is not remembered: the next file that
@@ -511,6 +512,31 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 			return fmt.Errorf("rewrapping the data key: %w", err)
 		}
 		c.ServerSide, c.NewVersion = true, w.KeyVersion
+		p.put(format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c)
+		return nil
+	}
+	if s.AADRecipe == format.AADRecipeShared && rw.opts.Cache != nil {
+		// A shared slot stays shared: wrapped anew under the same
+		// associated data, once for every file that holds it.
+		aad, err := aadForSlot(rw.h, &s)
+		if err != nil {
+			return err
+		}
+		w, err := once(rw.ctx, &rw.opts.Cache.mu, &rw.opts.Cache.rewraps, newRewrapKey(s.URI, s.Wrapped, aad), func() (kms.WrappedKey, error) {
+			dek, err := rw.getDEK()
+			if err != nil {
+				return kms.WrappedKey{}, err
+			}
+			w, err := kek.Wrap(rw.ctx, dek, aad)
+			if err != nil {
+				return kms.WrappedKey{}, fmt.Errorf("wrapping the data key: %w", err)
+			}
+			return w, nil
+		})
+		if err != nil {
+			return err
+		}
+		c.NewVersion = w.KeyVersion
 		p.put(format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c)
 		return nil
 	}

@@ -717,3 +717,61 @@ func TestRewrapCache(t *testing.T) {
 		t.Fatalf("%d rewraps for a per-file slot", st.Rewrap)
 	}
 }
+
+// countingWraps is a KEK that counts its Wrap calls.
+type countingWraps struct {
+	*local.KEK
+	mu    sync.Mutex
+	wraps int
+}
+
+func (c *countingWraps) Wrap(ctx context.Context, dek, aad []byte) (kms.WrappedKey, error) {
+	c.mu.Lock()
+	c.wraps++
+	c.mu.Unlock()
+	return c.KEK.Wrap(ctx, dek, aad)
+}
+
+// TestRewrapCacheClientSide: a KEK that cannot rewrap on its side wraps a
+// shared DEK anew once for all the files that share it, and the slot stays
+// shared.
+func TestRewrapCacheClientSide(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	k := newLocalKEK(t, "kek")
+	e := &Encrypter{KEKs: []kms.KEK{k}, ChunkSize: 4096, Reuse: &DataKeyReuse{MaxStreams: 100, MaxAge: time.Hour}}
+	const n = 10
+	var paths []string
+	for i := range n {
+		ct, err := e.Seal(ctx, []byte{byte(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("s%d", i))
+		os.WriteFile(p, ct, 0o600)
+		paths = append(paths, p)
+	}
+	v2, err := k.Rotate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck := &countingWraps{KEK: k}
+	opts := &RewrapOptions{Keyring: KEKs{ck}, Cache: NewRewrapCache()}
+	fps := map[string]bool{}
+	for i, p := range paths {
+		if res, err := RewrapPath(ctx, p, opts); err != nil || !res.Changed || res.Slots[0].NewVersion != v2 {
+			t.Fatalf("%s: %v %+v", p, err, res)
+		}
+		f, _ := os.Open(p)
+		h, err := Inspect(f)
+		f.Close()
+		if err != nil || !h.Slots[0].Shared || h.Slots[0].KeyVersion != v2 {
+			t.Fatalf("%s: %v %+v", p, err, h)
+		}
+		fps[h.Slots[0].Fingerprint] = true
+		mustDecrypt(t, p, []byte{byte(i)}, KEKs{k})
+	}
+	if ck.wraps != 1 || len(fps) != 1 {
+		t.Fatalf("%d wraps, %d distinct wrapped DEKs for %d files sharing one", ck.wraps, len(fps), n)
+	}
+}
