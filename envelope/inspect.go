@@ -1,6 +1,8 @@
 package envelope
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
@@ -40,6 +42,23 @@ type SlotInfo struct {
 	KeyVersion string `json:"key_version,omitempty"`
 	// WrappedSize is the size of the wrapped DEK.
 	WrappedSize int `json:"wrapped_size"`
+	// Fingerprint names the wrapped DEK: the first 16 hex digits (8
+	// bytes) of the SHA-256 of its bytes, as the slot holds them. Slots of
+	// one KEK with equal fingerprints hold the same wrapped DEK, as the
+	// files an Encrypter with [DataKeyReuse] writes do, and a batch rewrap
+	// with a [RewrapCache] keeps them so. It identifies; it is no secret
+	// and proves nothing: like the rest of the header it is not
+	// authenticated.
+	Fingerprint string `json:"fingerprint"`
+	// Shared is set for a slot bound to the encryption context rather than
+	// to the file (FORMAT.md §3.2, recipe 2): a DEK shared by several files.
+	Shared bool `json:"shared,omitempty"`
+}
+
+// WrappedFingerprint returns [SlotInfo.Fingerprint] for a wrapped DEK.
+func WrappedFingerprint(wrapped []byte) string {
+	sum := sha256.Sum256(wrapped)
+	return hex.EncodeToString(sum[:8])
 }
 
 // AlgorithmName is the name [Inspect] gives the only algorithm of format
@@ -78,7 +97,8 @@ func describe(h *format.Header) *Header {
 		out.Context[p.Key] = p.Value
 	}
 	for _, s := range t.Slots {
-		out.Slots = append(out.Slots, SlotInfo{KEK: s.URI, KeyVersion: s.KeyVersion, WrappedSize: len(s.Wrapped)})
+		out.Slots = append(out.Slots, SlotInfo{KEK: s.URI, KeyVersion: s.KeyVersion, WrappedSize: len(s.Wrapped),
+			Fingerprint: WrappedFingerprint(s.Wrapped), Shared: s.AADRecipe == format.AADRecipeShared})
 	}
 	return out
 }

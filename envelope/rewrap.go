@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"slices"
+	"sync"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
 	"github.com/kpcrypt/kpcrypt/internal/filelock"
@@ -44,6 +46,121 @@ type RewrapOptions struct {
 	// DryRun computes the result but calls no KMS write operation and
 	// writes nothing.
 	DryRun bool
+	// Cache, when set, is shared by the rewraps of one batch of files
+	// (see [RewrapCache]): each KEK is asked its current version once, and
+	// each distinct shared wrapped DEK is rewrapped once for all the files
+	// that hold it. Nil asks the KMS for every file.
+	Cache *RewrapCache
+}
+
+// RewrapCache lets the rewraps of a batch of files share their KMS calls.
+// Give one to every [Rewrap] of the batch through [RewrapOptions.Cache]; it
+// is safe for concurrent use, and its zero value is ready to use.
+//
+// It remembers, for its lifetime, the current version of each KEK (by URI),
+// so it is meant for one batch: a KEK rotated while the batch runs is seen
+// at the version first asked. And it remembers the rewrap of each slot of
+// the shared recipe (FORMAT.md §3.2, recipe 2: the slots that files
+// written with [DataKeyReuse] share): keyed by the KEK URI, the wrapped DEK
+// and its associated data, so the one rewrapped slot goes into every file
+// that held the same slot, as recipe 2 allows, and readers with a
+// [DataKeyCache] find it there. With it, a batch of files sharing D wrapped
+// DEKs under K KEKs makes at most D + K KMS calls (a current version per
+// KEK, a server-side rewrap per DEK) where it made two per file. A KEK that
+// cannot rewrap on its side has the DEK unwrapped and wrapped anew, under
+// the same recipe, once per DEK too. Per-file slots (recipe 1) are
+// rewrapped one by one as before: no two files share one.
+//
+// Rewraps of the same key that overlap wait for the first; the wait
+// honours their context. A failure is not remembered: the next file that
+// needs the key asks again.
+type RewrapCache struct {
+	mu       sync.Mutex
+	versions map[string]*flight[string]
+	rewraps  map[rewrapKey]*flight[kms.WrappedKey]
+}
+
+// NewRewrapCache returns an empty cache, as its zero value is.
+func NewRewrapCache() *RewrapCache { return &RewrapCache{} }
+
+// rewrapKey names a shared slot: its KEK URI and the SHA-256 of its wrapped
+// DEK and associated data.
+type rewrapKey struct {
+	uri string
+	sum [32]byte
+}
+
+func newRewrapKey(uri string, wrapped, aad []byte) rewrapKey {
+	h := sha256.New()
+	for _, b := range [][]byte{wrapped, aad} {
+		h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(b))))
+		h.Write(b)
+	}
+	k := rewrapKey{uri: uri}
+	h.Sum(k.sum[:0])
+	return k
+}
+
+// flight is one KMS call that others may wait for.
+type flight[T any] struct {
+	done chan struct{}
+	val  T
+	err  error
+}
+
+// once runs fn for key k unless a run for k succeeded or is in progress:
+// then it returns (or waits for, honouring ctx) that run's value. A run that
+// failed is forgotten, and a waiter then tries itself.
+func once[K comparable, T any](ctx context.Context, mu *sync.Mutex, m *map[K]*flight[T], k K, fn func() (T, error)) (T, error) {
+	var zero T
+	for {
+		mu.Lock()
+		if *m == nil {
+			*m = map[K]*flight[T]{}
+		}
+		f, ok := (*m)[k]
+		if !ok {
+			f = &flight[T]{done: make(chan struct{})}
+			(*m)[k] = f
+			mu.Unlock()
+			f.val, f.err = fn()
+			if f.err != nil {
+				mu.Lock()
+				delete(*m, k)
+				mu.Unlock()
+			}
+			close(f.done)
+			return f.val, f.err
+		}
+		mu.Unlock()
+		select {
+		case <-f.done:
+			if f.err == nil {
+				return f.val, nil
+			}
+		case <-ctx.Done():
+			return zero, ctx.Err()
+		}
+		if err := ctx.Err(); err != nil {
+			return zero, err
+		}
+	}
+}
+
+func (c *RewrapCache) currentVersion(ctx context.Context, uri string, vr kms.VersionReporter) (string, error) {
+	if c == nil {
+		return vr.CurrentVersion(ctx)
+	}
+	return once(ctx, &c.mu, &c.versions, uri, func() (string, error) { return vr.CurrentVersion(ctx) })
+}
+
+func (c *RewrapCache) rewrap(ctx context.Context, s *format.Slot, aad []byte, r kms.Rewrapper) (kms.WrappedKey, error) {
+	if c == nil || s.AADRecipe != format.AADRecipeShared {
+		return r.Rewrap(ctx, s.Wrapped, aad)
+	}
+	return once(ctx, &c.mu, &c.rewraps, newRewrapKey(s.URI, s.Wrapped, aad), func() (kms.WrappedKey, error) {
+		return r.Rewrap(ctx, s.Wrapped, aad)
+	})
 }
 
 // SlotChange describes what Rewrap did, or would do, to one slot.
@@ -78,6 +195,29 @@ type RewrapResult struct {
 	// Repaired is set when the slots needed no change but one table copy
 	// was stale (left so by an interrupted rewrap) and was rewritten.
 	Repaired bool
+}
+
+// Unchecked returns how many slots were left "unchecked": their KEK could
+// not be opened, so whether they are current is not known.
+func (r *RewrapResult) Unchecked() int {
+	n := 0
+	for _, c := range r.Slots {
+		if c.Action == "unchecked" {
+			n++
+		}
+	}
+	return n
+}
+
+// AllCurrent reports whether the file has slots and every one was found
+// under its KEK's current version.
+func (r *RewrapResult) AllCurrent() bool {
+	for _, c := range r.Slots {
+		if c.Action != "current" {
+			return false
+		}
+	}
+	return len(r.Slots) > 0
 }
 
 // Rewrap changes the key slots of the file f in place: it moves slots to
@@ -347,7 +487,7 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 		p.put(s, c)
 		return nil
 	}
-	current, err := vr.CurrentVersion(rw.ctx)
+	current, err := rw.opts.Cache.currentVersion(rw.ctx, s.URI, vr)
 	if err != nil {
 		return err
 	}
@@ -367,11 +507,36 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 		if err != nil {
 			return err
 		}
-		w, err := r.Rewrap(rw.ctx, s.Wrapped, aad)
+		w, err := rw.opts.Cache.rewrap(rw.ctx, &s, aad, r)
 		if err != nil {
 			return fmt.Errorf("rewrapping the data key: %w", err)
 		}
 		c.ServerSide, c.NewVersion = true, w.KeyVersion
+		p.put(format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c)
+		return nil
+	}
+	if s.AADRecipe == format.AADRecipeShared && rw.opts.Cache != nil {
+		// A shared slot stays shared: wrapped anew under the same
+		// associated data, once for every file that holds it.
+		aad, err := aadForSlot(rw.h, &s)
+		if err != nil {
+			return err
+		}
+		w, err := once(rw.ctx, &rw.opts.Cache.mu, &rw.opts.Cache.rewraps, newRewrapKey(s.URI, s.Wrapped, aad), func() (kms.WrappedKey, error) {
+			dek, err := rw.getDEK()
+			if err != nil {
+				return kms.WrappedKey{}, err
+			}
+			w, err := kek.Wrap(rw.ctx, dek, aad)
+			if err != nil {
+				return kms.WrappedKey{}, fmt.Errorf("wrapping the data key: %w", err)
+			}
+			return w, nil
+		})
+		if err != nil {
+			return err
+		}
+		c.NewVersion = w.KeyVersion
 		p.put(format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c)
 		return nil
 	}

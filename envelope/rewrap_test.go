@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
 	"github.com/kpcrypt/kpcrypt/internal/filelock"
@@ -622,5 +623,155 @@ func TestReadersDuringRewraps(t *testing.T) {
 	close(stop)
 	if n := <-done; n == 0 {
 		t.Fatal("no rewrap ran: the test proves nothing")
+	}
+}
+
+// failingRewraps is a KEK whose first n Rewrap calls fail.
+type failingRewraps struct {
+	*keyprotect.KEK
+	mu    sync.Mutex
+	fails int
+}
+
+var errRewrapRefused = errors.New("rewrap refused")
+
+func (f *failingRewraps) Rewrap(ctx context.Context, wrapped, aad []byte) (kms.WrappedKey, error) {
+	f.mu.Lock()
+	fail := f.fails > 0
+	f.fails--
+	f.mu.Unlock()
+	if fail {
+		return kms.WrappedKey{}, errRewrapRefused
+	}
+	return f.KEK.Rewrap(ctx, wrapped, aad)
+}
+
+// TestRewrapCache: files sharing a DEK (recipe 2), rewrapped concurrently
+// with one RewrapCache, cost one version question and one rewrap, and all
+// end up with the same slot; a failure is not remembered; per-file slots
+// (recipe 1) are still rewrapped one by one.
+func TestRewrapCache(t *testing.T) {
+	ctx := context.Background()
+	kp := startKP(t)
+	k := kp.kek(t, "shared")
+	dir := t.TempDir()
+	e := &Encrypter{KEKs: []kms.KEK{k}, ChunkSize: 4096, Reuse: &DataKeyReuse{MaxStreams: 100, MaxAge: time.Hour}}
+	const n = 20
+	var paths []string
+	for i := range n {
+		ct, err := e.Seal(ctx, []byte{byte(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("s%d", i))
+		os.WriteFile(p, ct, 0o600)
+		paths = append(paths, p)
+	}
+	single, _ := encryptFile(t, dir, "single", 10, k)
+	if _, err := k.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The first rewrap fails: that file fails, and the next one asks again.
+	cache := NewRewrapCache()
+	fk := &failingRewraps{KEK: k, fails: 1}
+	opts := &RewrapOptions{Keyring: KEKs{fk}, Cache: cache}
+	if _, err := RewrapPath(ctx, paths[0], opts); !errors.Is(err, errRewrapRefused) {
+		t.Fatalf("first rewrap: %v", err)
+	}
+	kp.srv.ResetStats()
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, p := range paths {
+		wg.Go(func() { _, errs[i] = RewrapPath(ctx, p, opts) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	st := kp.srv.Stats()
+	if st.Rewrap != 1 || st.Get != 0 || st.Requests != 1 {
+		t.Fatalf("%d rewraps, %d get key, %d requests for %d files sharing a DEK; want 1, 0 (cached), 1", st.Rewrap, st.Get, st.Requests, n)
+	}
+	var fp string
+	for i, p := range paths {
+		f, _ := os.Open(p)
+		h, err := Inspect(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := h.Slots[0]; !s.Shared || fp != "" && s.Fingerprint != fp {
+			t.Fatalf("%s: slot %+v, want shared with fingerprint %s", p, s, fp)
+		} else {
+			fp = s.Fingerprint
+		}
+		mustDecrypt(t, p, []byte{byte(i)}, KEKs{k})
+	}
+
+	kp.srv.ResetStats()
+	if res, err := RewrapPath(ctx, single, opts); err != nil || !res.Changed {
+		t.Fatalf("per-file slot: %v %+v", err, res)
+	}
+	if st := kp.srv.Stats(); st.Rewrap != 1 {
+		t.Fatalf("%d rewraps for a per-file slot", st.Rewrap)
+	}
+}
+
+// countingWraps is a KEK that counts its Wrap calls.
+type countingWraps struct {
+	*local.KEK
+	mu    sync.Mutex
+	wraps int
+}
+
+func (c *countingWraps) Wrap(ctx context.Context, dek, aad []byte) (kms.WrappedKey, error) {
+	c.mu.Lock()
+	c.wraps++
+	c.mu.Unlock()
+	return c.KEK.Wrap(ctx, dek, aad)
+}
+
+// TestRewrapCacheClientSide: a KEK that cannot rewrap on its side wraps a
+// shared DEK anew once for all the files that share it, and the slot stays
+// shared.
+func TestRewrapCacheClientSide(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	k := newLocalKEK(t, "kek")
+	e := &Encrypter{KEKs: []kms.KEK{k}, ChunkSize: 4096, Reuse: &DataKeyReuse{MaxStreams: 100, MaxAge: time.Hour}}
+	const n = 10
+	var paths []string
+	for i := range n {
+		ct, err := e.Seal(ctx, []byte{byte(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("s%d", i))
+		os.WriteFile(p, ct, 0o600)
+		paths = append(paths, p)
+	}
+	v2, err := k.Rotate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck := &countingWraps{KEK: k}
+	opts := &RewrapOptions{Keyring: KEKs{ck}, Cache: NewRewrapCache()}
+	fps := map[string]bool{}
+	for i, p := range paths {
+		if res, err := RewrapPath(ctx, p, opts); err != nil || !res.Changed || res.Slots[0].NewVersion != v2 {
+			t.Fatalf("%s: %v %+v", p, err, res)
+		}
+		f, _ := os.Open(p)
+		h, err := Inspect(f)
+		f.Close()
+		if err != nil || !h.Slots[0].Shared || h.Slots[0].KeyVersion != v2 {
+			t.Fatalf("%s: %v %+v", p, err, h)
+		}
+		fps[h.Slots[0].Fingerprint] = true
+		mustDecrypt(t, p, []byte{byte(i)}, KEKs{k})
+	}
+	if ck.wraps != 1 || len(fps) != 1 {
+		t.Fatalf("%d wraps, %d distinct wrapped DEKs for %d files sharing one", ck.wraps, len(fps), n)
 	}
 }

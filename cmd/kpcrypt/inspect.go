@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/envelope/batch"
 	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 )
 
@@ -77,13 +78,14 @@ func cmdInspect(ctx context.Context, u *ui, args []string) error {
 		if err != nil {
 			return err
 		}
-		v := &versionCache{ctx: kctx, keyring: keyring, versions: map[string][]string{}, current: map[string]string{}}
+		v := batch.NewVersions(keyring)
 		for i, s := range h.Slots {
-			if _, err := v.outdated(s); err != nil {
-				askErrs = append(askErrs, fmt.Sprintf("slot %d not checked: %v", i, err))
+			cur, err := v.Current(kctx, s.KEK)
+			if err != nil {
+				askErrs = append(askErrs, fmt.Sprintf("slot %d not checked: %v", i, slotError(s, err)))
 				continue
 			}
-			currents[i] = v.current[s.KEK]
+			currents[i] = cur
 		}
 	}
 	if *asJSON {

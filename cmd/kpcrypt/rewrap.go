@@ -5,17 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/envelope/batch"
 	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 )
 
@@ -67,49 +63,33 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	if opts.Add, err = u.openKEKs(ctx, add); err != nil {
 		return err
 	}
-	walk, sum, err := walkFiles(paths)
+	walk, err := batch.Walk(paths)
 	if err != nil {
 		return err
 	}
-	skipped := sum.notKpcrypt
-	for _, msg := range sum.unreadable {
-		u.errorf("%s (not checked)", msg)
+	skipped := walk.NotKpcrypt
+	for _, err := range walk.Unreadable {
+		u.errorf("%v (not checked)", err)
 	}
 	defer walk.Close()
 	if testHookAfterWalk != nil {
 		testHookAfterWalk()
 	}
-	files := walk.paths
+	files := make([]string, walk.Len())
+	for i := range files {
+		files[i] = walk.Path(i)
+	}
 
 	var bar *progressbar.ProgressBar
 	if !*quiet && isTerminal(u.stderr) && len(files) > 1 {
 		bar = progressbar.NewOptions(len(files), progressbar.OptionSetWriter(u.stderr),
 			progressbar.OptionSetDescription("rewrapping"), progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
 	}
-	type outcome struct {
-		res *envelope.RewrapResult
-		err error
+	bopts := &batch.RewrapOptions{Options: *opts, Jobs: *jobs, FileTimeout: *kmsTimeout}
+	if bar != nil {
+		bopts.Done = func(batch.Result) { bar.Add(1) }
 	}
-	results := make([]outcome, len(files))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, *jobs)
-	var mu sync.Mutex
-	for i := range files {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
-			res, err := walk.rewrap(kctx, i, opts)
-			cancel()
-			results[i] = outcome{res, err}
-			if bar != nil {
-				mu.Lock()
-				bar.Add(1)
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
+	results := batch.Rewrap(ctx, walk, bopts)
 	if bar != nil {
 		bar.Finish()
 	}
@@ -120,16 +100,21 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	for _, uri := range remove {
 		removed := false
 		for i, o := range results {
-			if o.err != nil {
+			if o.Err != nil {
 				continue
 			}
-			if slices.ContainsFunc(o.res.Slots, func(c envelope.SlotChange) bool { return c.Action == "removed" && c.URI == uri }) {
+			if slices.ContainsFunc(o.Rewrap.Slots, func(c envelope.SlotChange) bool { return c.Action == "removed" && c.URI == uri }) {
 				removed = true
-			} else if walk.entries[i].root == nil {
-				results[i].err = fmt.Errorf("the file holds no slot of %s: nothing to remove (see kpcrypt inspect)", uri)
+			} else if walk.Named(i) {
+				results[i].Status = batch.Failed
+				results[i].Err = fmt.Errorf("the file holds no slot of %s: nothing to remove (see kpcrypt inspect)", uri)
 			}
 		}
-		if !removed && slices.ContainsFunc(walk.entries, func(e walkEntry) bool { return e.root != nil }) {
+		found := false
+		for i := range walk.Len() {
+			found = found || !walk.Named(i)
+		}
+		if !removed && found {
 			unused = append(unused, uri)
 		}
 	}
@@ -140,37 +125,32 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 		verb = "would rewrap"
 	}
 	for i, o := range results {
-		if o.err != nil {
+		if o.Status == batch.Failed {
 			nFailed++
-			u.errorf("%s: %v", files[i], o.err)
+			u.errorf("%s: %v", files[i], o.Err)
 			continue
 		}
-		unchecked := uncheckedSlots(u, files[i], o.res)
-		if unchecked > 0 {
+		if uncheckedSlots(u, files[i], o.Rewrap) > 0 {
 			nUnchecked++
 		}
-		switch {
-		case o.res.Changed:
+		var line string
+		switch o.Status {
+		case batch.Rewrapped:
 			nChanged++
-			if !*quiet {
-				fmt.Fprintf(u.stdout, "%s %s: %s\n", verb, termsafe.Escape(files[i]), termsafe.Escape(describeChanges(o.res)))
-			}
-		case unchecked > 0:
-			if !*quiet {
-				fmt.Fprintf(u.stdout, "not checked %s\n", termsafe.Escape(files[i]))
-			}
-		case allCurrent(o.res):
+			line = fmt.Sprintf("%s %s: %s", verb, termsafe.Escape(files[i]), termsafe.Escape(describeChanges(o.Rewrap)))
+		case batch.NotChecked:
+			line = "not checked " + termsafe.Escape(files[i])
+		case batch.Current:
 			nCurrent++
-			if !*quiet {
-				fmt.Fprintf(u.stdout, "current %s\n", termsafe.Escape(files[i]))
-			}
+			line = "current " + termsafe.Escape(files[i])
 		default:
 			// Slots only kept (added or removed elsewhere, or a KEK that
 			// cannot tell its version): unchanged, not "current".
 			nUnchanged++
-			if !*quiet {
-				fmt.Fprintf(u.stdout, "unchanged %s\n", termsafe.Escape(files[i]))
-			}
+			line = "unchanged " + termsafe.Escape(files[i])
+		}
+		if !*quiet {
+			fmt.Fprintln(u.stdout, line)
 		}
 	}
 	summary := fmt.Sprintf("%d %s, %d already current, %d failed", nChanged, verb, nCurrent, nFailed)
@@ -183,31 +163,20 @@ func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	if skipped > 0 {
 		summary += fmt.Sprintf(", %d skipped (not kpcrypt files)", skipped)
 	}
-	if sum.temporary > 0 {
-		summary += fmt.Sprintf(", %d temporary files passed over", sum.temporary)
+	if walk.Temporary > 0 {
+		summary += fmt.Sprintf(", %d temporary files passed over", walk.Temporary)
 	}
-	if len(sum.unreadable) > 0 {
-		summary += fmt.Sprintf(", %d unreadable", len(sum.unreadable))
+	if len(walk.Unreadable) > 0 {
+		summary += fmt.Sprintf(", %d unreadable", len(walk.Unreadable))
 	}
 	u.infof("%s", summary)
 	for _, uri := range unused {
 		u.errorf("--remove-kek %s: no file holds a slot of this KEK; nothing was removed", uri)
 	}
-	if nFailed > 0 || nUnchecked > 0 || len(unused) > 0 || len(sum.unreadable) > 0 {
+	if nFailed > 0 || nUnchecked > 0 || len(unused) > 0 || len(walk.Unreadable) > 0 {
 		return errQuiet
 	}
 	return nil
-}
-
-// allCurrent reports whether every slot of a file was found at its KEK's
-// current version.
-func allCurrent(res *envelope.RewrapResult) bool {
-	for _, c := range res.Slots {
-		if c.Action != "current" {
-			return false
-		}
-	}
-	return len(res.Slots) > 0
 }
 
 // uncheckedSlots reports the slots of a file whose KEK could not be
@@ -269,118 +238,4 @@ func (u *ui) openKEKs(ctx context.Context, uris []string) (envelope.KEKs, error)
 		keks = append(keks, k)
 	}
 	return keks, nil
-}
-
-// collectFiles expands directories, recursively, into the kpcrypt files they
-// hold. Files named on the command line are kept whatever they hold; files
-// found in directories are kept only if they start with kpcrypt's magic.
-// Temporary files of writers in progress (atomicfile.IsTemp) are passed over.
-//
-// A directory is walked within an os.Root, never through a symlink: the
-// walk and every later open of a file it found stay inside the directory,
-// even if a directory in it is swapped for a symlink meanwhile, and
-// [walked.open] opens only the very file the walk found. Close the result.
-func collectFiles(paths []string) (_ *walked, skipped int, err error) {
-	w, sum, err := walkFiles(paths)
-	if err != nil {
-		return nil, 0, err
-	}
-	return w, sum.notKpcrypt, nil
-}
-
-// walkSummary is what a walk passed over: files that are not kpcrypt files,
-// temporary files of atomic writers, and files and directories it could not
-// read (never silently taken for "not a kpcrypt file").
-type walkSummary struct {
-	notKpcrypt, temporary int
-	unreadable            []string // one message each
-}
-
-// walkFiles expands directories, recursively, into the kpcrypt files they
-// hold, as collectFiles does, and says what it passed over. A path named on
-// the command line that does not exist is an error; a file or directory
-// found in a walk that cannot be read is reported in the summary and the
-// walk goes on.
-func walkFiles(paths []string) (_ *walked, sum walkSummary, err error) {
-	w := &walked{}
-	defer func() {
-		if err != nil {
-			w.Close()
-		}
-	}()
-	for _, p := range paths {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return nil, sum, err
-		}
-		if !fi.IsDir() {
-			w.add(walkEntry{path: p})
-			continue
-		}
-		root, err := os.OpenRoot(p)
-		if err != nil {
-			return nil, sum, err
-		}
-		w.roots = append(w.roots, root)
-		err = fs.WalkDir(root.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
-			path := filepath.Join(p, filepath.FromSlash(rel))
-			if err != nil {
-				if rel == "." {
-					return err
-				}
-				sum.unreadable = append(sum.unreadable, fmt.Sprintf("%s: %v", path, errors.Unwrap(err)))
-				return nil // skip it, go on
-			}
-			if !d.Type().IsRegular() {
-				return nil
-			}
-			if skipInWalk(d.Name()) {
-				sum.temporary++
-				return nil
-			}
-			info, err := isKpcryptFile(root, filepath.FromSlash(rel))
-			switch {
-			case err != nil:
-				sum.unreadable = append(sum.unreadable, fmt.Sprintf("%s: %v", path, err))
-			case info != nil:
-				w.add(walkEntry{path: path, root: root, rel: filepath.FromSlash(rel), info: info})
-			default:
-				sum.notKpcrypt++
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, sum, err
-		}
-	}
-	return w, sum, nil
-}
-
-// isKpcryptFile reports, by the file it opened, whether the file at rel in
-// root is a regular file starting with kpcrypt's magic: its FileInfo if so,
-// else nil. A file it cannot open or read is an error, not "no".
-func isKpcryptFile(root *os.Root, rel string) (fs.FileInfo, error) {
-	f, err := root.OpenFile(rel, os.O_RDONLY|oNonblock, 0)
-	if err != nil {
-		return nil, errors.Unwrap(err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, nil
-	}
-	var magic [4]byte
-	if _, err = io.ReadFull(f, magic[:]); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, nil // too short to be one
-		}
-		return nil, err
-	}
-	if string(magic[:]) != "KPCF" {
-		return nil, nil
-	}
-	return fi, nil
 }

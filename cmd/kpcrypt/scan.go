@@ -5,13 +5,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
-	"github.com/kpcrypt/kpcrypt/internal/filelock"
+	"github.com/kpcrypt/kpcrypt/envelope/batch"
 	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
@@ -62,68 +60,36 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 			return err
 		}
 	}
-	walk, sum, err := walkFiles(paths)
+	walk, err := batch.Walk(paths)
 	if err != nil {
 		u.errorf("%v", err)
 		return exitStatus(3) // nothing could be checked
 	}
 	defer walk.Close()
-	files := walk.paths
-	v := &versionCache{ctx: ctx, keyring: keyring, versions: map[string][]string{}, current: map[string]string{}}
-	found, failed := 0, len(sum.unreadable)
-	for _, msg := range sum.unreadable {
-		u.errorf("%s (not checked)", msg)
+	found, failed := 0, len(walk.Unreadable)
+	for _, err := range walk.Unreadable {
+		u.errorf("%v (not checked)", err)
 	}
-	for i, path := range files {
-		kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
-		f, err := walk.open(i, os.O_RDONLY)
-		if err != nil {
-			u.errorf("%s: %v", path, err)
+	results := batch.Scan(ctx, walk, &batch.ScanOptions{Versions: batch.NewVersions(keyring),
+		BelowVersion: *below, BelowKEK: belowKEK, Jobs: 1, FileTimeout: *kmsTimeout})
+	for _, r := range results {
+		if r.Err != nil {
+			u.errorf("%s: %v", r.Path, r.Err)
 			failed++
-			cancel()
 			continue
 		}
-		// A shared lock, within the file's time: a concurrent rewrap never
-		// shows a torn table, and a lock held for ever stalls one file.
-		if err := filelock.Lock(kctx, f, false); err != nil && !errors.Is(err, filelock.ErrUnsupported) {
-			f.Close()
-			u.errorf("%s: waiting for the file's lock: %v", path, err)
-			failed++
-			cancel()
-			continue
-		}
-		h, err := envelope.Inspect(f)
-		f.Close()
-		if err != nil {
-			u.errorf("%s: %v", path, err)
-			failed++
-			cancel()
-			continue
-		}
-		hit := false
-		v.ctx = kctx
-		for i, s := range h.Slots {
-			var old bool
-			var err error
-			if *outdated {
-				old, err = v.outdated(s)
-			} else if s.KEK != belowKEK {
-				continue // another KEK's slot: not in question
-			} else {
-				old, err = v.below(s, *below)
-			}
-			if err != nil {
-				u.errorf("%s: slot %d not checked: %v", path, i, err)
+		for _, c := range r.Slots {
+			if c.Err != nil {
+				u.errorf("%s: slot %d not checked: %v", r.Path, c.Index, slotError(r.Header.Slots[c.Index], c.Err))
 				failed++
 				continue
 			}
-			if old {
-				hit = true
-				fmt.Fprintf(u.stdout, "%s\tslot %d\t%s\tkey version %s\n", termsafe.Escape(path), i, termsafe.Escape(s.KEK), termsafe.Escape(orDash(s.KeyVersion)))
+			if c.Outdated {
+				s := r.Header.Slots[c.Index]
+				fmt.Fprintf(u.stdout, "%s\tslot %d\t%s\tkey version %s\n", termsafe.Escape(r.Path), c.Index, termsafe.Escape(s.KEK), termsafe.Escape(orDash(s.KeyVersion)))
 			}
 		}
-		cancel()
-		if hit {
+		if r.Outdated() {
 			found++
 		}
 	}
@@ -132,10 +98,10 @@ func cmdScan(ctx context.Context, u *ui, args []string) error {
 		what = fmt.Sprintf("under a key version older than %s", *below)
 	}
 	passed := ""
-	if sum.temporary > 0 {
-		passed = fmt.Sprintf(" (%d temporary files passed over)", sum.temporary)
+	if walk.Temporary > 0 {
+		passed = fmt.Sprintf(" (%d temporary files passed over)", walk.Temporary)
 	}
-	u.infof("%d of %d files have slots %s%s", found, len(files), what, passed)
+	u.infof("%d of %d files have slots %s%s", found, walk.Len(), what, passed)
 	switch {
 	case failed > 0:
 		if found > 0 {
@@ -181,74 +147,10 @@ func checkBelowVersion(ctx context.Context, kek kms.KEK, version string) (string
 	return kek.URI(), nil
 }
 
-// versionCache asks each KEK once for its versions.
-type versionCache struct {
-	ctx      context.Context
-	keyring  envelope.Keyring
-	mu       sync.Mutex
-	versions map[string][]string
-	current  map[string]string
-}
-
-func (v *versionCache) kek(uri string) (kms.KEK, error) {
-	keks, err := v.keyring.KEKsFor(v.ctx, uri)
-	if err != nil {
-		return nil, err
+// slotError says why a slot could not be checked, in the command's terms.
+func slotError(s envelope.SlotInfo, err error) error {
+	if errors.Is(err, batch.ErrNoKEK) {
+		return fmt.Errorf("cannot open KEK %s (give it with --kek)", s.KEK)
 	}
-	for _, k := range keks {
-		if k.URI() == uri {
-			return k, nil
-		}
-	}
-	return nil, fmt.Errorf("cannot open KEK %s (give it with --kek)", uri)
-}
-
-func (v *versionCache) below(s envelope.SlotInfo, min string) (bool, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	vs, ok := v.versions[s.KEK]
-	if !ok {
-		k, err := v.kek(s.KEK)
-		if err != nil {
-			return false, err
-		}
-		vl, ok := k.(kms.VersionLister)
-		if !ok {
-			return false, fmt.Errorf("KEK %s cannot list its versions", s.KEK)
-		}
-		if vs, err = vl.Versions(v.ctx); err != nil {
-			return false, err
-		}
-		v.versions[s.KEK] = vs
-	}
-	minAt := slices.Index(vs, min)
-	if minAt < 0 {
-		return false, nil // another KEK's version
-	}
-	at := slices.Index(vs, s.KeyVersion)
-	if at < 0 {
-		return false, fmt.Errorf("the slot's key version %s is not one of KEK %s's versions", s.KeyVersion, s.KEK)
-	}
-	return at < minAt, nil
-}
-
-func (v *versionCache) outdated(s envelope.SlotInfo) (bool, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	cur, ok := v.current[s.KEK]
-	if !ok {
-		k, err := v.kek(s.KEK)
-		if err != nil {
-			return false, err
-		}
-		vr, ok := k.(kms.VersionReporter)
-		if !ok {
-			return false, fmt.Errorf("KEK %s cannot tell its current version", s.KEK)
-		}
-		if cur, err = vr.CurrentVersion(v.ctx); err != nil {
-			return false, err
-		}
-		v.current[s.KEK] = cur
-	}
-	return s.KeyVersion != cur, nil
+	return err
 }
