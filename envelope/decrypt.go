@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -35,12 +36,25 @@ type Decrypter struct {
 	// MinKeyVersions maps KEK URIs to the oldest key version still allowed
 	// to decrypt, mirroring the retirement of key versions: a slot under an
 	// older version is refused with [ErrKeyVersionRetired]. The KEK must
-	// list its versions ([kms.VersionLister]).
+	// list its versions ([kms.VersionLister]). The Decrypter keeps each
+	// KEK's list for VersionsTTL, so that opening many files costs about
+	// one version listing per KEK and TTL; a slot under a version the kept
+	// list does not know (the KEK was rotated since) has the list fetched
+	// again at once.
 	MinKeyVersions map[string]string
+	// VersionsTTL is how long the version lists fetched for MinKeyVersions
+	// are kept: zero means [DefaultVersionsTTL] (5 minutes), and a negative
+	// value fetches the list at every open. A retirement of a key version
+	// (a new entry in MinKeyVersions aside) takes effect at the latest
+	// after VersionsTTL.
+	VersionsTTL time.Duration
 	// Cache, when set, keeps unwrapped DEKs so that files sharing a DEK
 	// (see [DataKeyReuse]), or a file opened again, cost no KMS call. It
 	// may be shared by several Decrypters.
 	Cache *DataKeyCache
+
+	versions versionCache
+	now      func() time.Time // time.Now outside tests
 }
 
 // OpenedSlot tells which key slot opened a file.
@@ -220,7 +234,11 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 	if err := checkContext(h.Core.Context, d.Context); err != nil {
 		return nil, nil, err
 	}
-	dek, c, slot, err := openSlots(ctx, h, d.Keyring, d.MinKeyVersions, d.Cache)
+	var check minVersionCheck
+	if len(d.MinKeyVersions) > 0 {
+		check = d.checkMinVersion
+	}
+	dek, c, slot, err := openSlots(ctx, h, d.Keyring, check, d.Cache)
 	clear(dek)
 	if slot != nil {
 		s := h.Table().Slots[slot.Index]
@@ -232,7 +250,7 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 // openSlots tries the keyring's KEKs on each slot until one unwraps the DEK,
 // and authenticates the header with it. Slots under a key version older than
 // the minimum for their KEK are refused. The caller clears the DEK.
-func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersions map[string]string, cache *DataKeyCache) ([]byte, *stream.Cipher, *OpenedSlot, error) {
+func openSlots(ctx context.Context, h *format.Header, keyring Keyring, checkMin minVersionCheck, cache *DataKeyCache) ([]byte, *stream.Cipher, *OpenedSlot, error) {
 	if keyring == nil {
 		return nil, nil, nil, errors.New("envelope: no keyring to open the file with")
 	}
@@ -244,8 +262,8 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersio
 		if err != nil {
 			noKEK.Errors = append(noKEK.Errors, err)
 		}
-		if min, ok := minVersions[slot.URI]; ok && len(keks) > 0 {
-			if err := checkMinVersion(ctx, keks, slot, min); err != nil {
+		if checkMin != nil && len(keks) > 0 {
+			if err := checkMin(ctx, keks, slot); err != nil {
 				noKEK.Errors = append(noKEK.Errors, err)
 				continue
 			}
@@ -318,19 +336,43 @@ func tryKEKs(ctx context.Context, h *format.Header, i int, slot *format.Slot, ke
 	return nil, nil, nil, nil
 }
 
-// checkMinVersion refuses a slot whose key version comes before min in the
-// KEK's order of versions.
-func checkMinVersion(ctx context.Context, keks []kms.KEK, slot format.Slot, min string) error {
+// minVersionCheck refuses a slot whose key version is retired.
+type minVersionCheck func(ctx context.Context, keks []kms.KEK, slot format.Slot) error
+
+// checkMinVersion refuses a slot whose key version comes before the
+// minimum for its KEK in the KEK's order of versions. The version list
+// comes from d's cache, and is fetched again when it does not know the
+// slot's version or the minimum.
+func (d *Decrypter) checkMinVersion(ctx context.Context, keks []kms.KEK, slot format.Slot) error {
+	min, ok := d.MinKeyVersions[slot.URI]
+	if !ok {
+		return nil
+	}
+	now := time.Now
+	if d.now != nil {
+		now = d.now
+	}
+	ttl := d.VersionsTTL
+	if ttl == 0 {
+		ttl = DefaultVersionsTTL
+	}
 	for _, kek := range keks {
 		vl, ok := kek.(kms.VersionLister)
 		if !ok || kek.URI() != slot.URI {
 			continue
 		}
-		versions, err := vl.Versions(ctx)
+		versions, err := d.versions.list(ctx, vl, ttl, now, false)
 		if err != nil {
 			return err
 		}
 		at, minAt := slices.Index(versions, slot.KeyVersion), slices.Index(versions, min)
+		if (at < 0 || minAt < 0) && ttl >= 0 {
+			// The list may predate a rotation: fetch it again.
+			if versions, err = d.versions.list(ctx, vl, ttl, now, true); err != nil {
+				return err
+			}
+			at, minAt = slices.Index(versions, slot.KeyVersion), slices.Index(versions, min)
+		}
 		if minAt < 0 {
 			return fmt.Errorf("envelope: minimum key version %q is not a version of %s", min, slot.URI)
 		}
