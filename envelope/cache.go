@@ -21,11 +21,32 @@ import (
 // (FORMAT.md §3.2, recipe 2).
 //
 // Zero fields take the defaults: 100 streams, 1 minute, 1 GiB. MaxStreams 1
-// turns reuse off.
+// turns reuse off. MaxAge counts from the first stream a DEK serves.
+//
+// The Encrypter renews the shared DEK ahead: once the one in use has served
+// half of MaxStreams, the next stream's caller wraps a successor, while the
+// other callers go on with the DEK in use. It starts with one DEK wrapped
+// ahead, and each time writers find none left (the renewals did not keep
+// up) it keeps one more, up to Ahead. No lock is held across a KMS call,
+// and a caller that finds no DEK left waits for one until its context
+// ends. So the KMS's latency does not stop the writers: encryption runs at
+// up to Ahead × MaxStreams ÷ latency streams per second. DEKs wrapped
+// ahead and never used (as many as were kept ahead, at most Ahead) cost
+// their KMS calls for nothing; [Encrypter.ClearDataKey] zeroes them.
 type DataKeyReuse struct {
 	MaxStreams int
 	MaxAge     time.Duration
 	MaxBytes   int64
+	// Ahead is the most DEKs kept wrapped ahead of need, counting those
+	// whose wrapping is in flight; zero means 8.
+	Ahead int
+}
+
+func (r *DataKeyReuse) ahead() int {
+	if r.Ahead <= 0 {
+		return 8
+	}
+	return r.Ahead
 }
 
 func (r *DataKeyReuse) limits() (int, time.Duration, int64) {

@@ -77,9 +77,16 @@ type Encrypter struct {
 	// KMS calls; see [DataKeyReuse]. Nil gives every stream its own DEK.
 	Reuse *DataKeyReuse
 
-	mu     sync.Mutex
-	shared *sharedKey
-	now    func() time.Time // time.Now outside tests
+	mu         sync.Mutex
+	shared     *sharedKey       // the DEK in use for reuse
+	ready      []*sharedKey     // DEKs wrapped ahead, next first
+	renewing   int              // wraps of DEKs for reuse in flight
+	renewed    chan struct{}    // closed when one of them ends
+	generation uint64           // grows at every ClearDataKey
+	depth      int              // how many DEKs to wrap ahead, up to Reuse.Ahead
+	served     bool             // a shared DEK served a stream
+	dry        bool             // callers found no shared DEK left
+	now        func() time.Time // time.Now outside tests
 }
 
 // Encrypt encrypts src into dst under keks, each wrapping the file's DEK.
@@ -251,8 +258,11 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 }
 
 // dataKey returns a DEK for a new stream: a fresh one, or with DataKeyReuse
-// a copy of the shared one, which it renews when a limit is reached. The
-// caller clears the DEK.
+// a copy of the shared one. No lock is held across a KMS call: the shared
+// DEK's successors are wrapped ahead, on the goroutine of the caller that
+// finds the current one half spent, while the others go on with the current
+// one; a caller that finds no DEK left waits for one, or for its context to
+// end. The caller clears the DEK.
 func (e *Encrypter) dataKey(ctx context.Context, pairs []format.Pair, size int64) ([]byte, *sharedKey, error) {
 	fresh := func() ([]byte, error) {
 		dek := make([]byte, stream.KeySize)
@@ -270,41 +280,117 @@ func (e *Encrypter) dataKey(ctx context.Context, pairs []format.Pair, size int64
 		dek, err := fresh()
 		return dek, nil, err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	ahead := e.Reuse.ahead()
 	now := time.Now
 	if e.now != nil {
 		now = e.now
 	}
-	k := e.shared
-	if k == nil || k.streams >= maxStreams || now().Sub(k.created) >= maxAge || k.bytes >= maxBytes ||
-		size > 0 && k.bytes+size > maxBytes && k.streams > 0 {
-		if k != nil {
+	spent := func(k *sharedKey) bool {
+		return k.streams >= maxStreams || now().Sub(k.created) >= maxAge || k.bytes >= maxBytes ||
+			size > 0 && k.bytes+size > maxBytes && k.streams > 0
+	}
+	e.mu.Lock()
+	for {
+		// Retire a spent DEK and put the next one ready in its place.
+		for e.shared == nil || spent(e.shared) {
+			if e.shared != nil {
+				clear(e.shared.dek)
+				e.shared = nil
+			}
+			if len(e.ready) == 0 {
+				break
+			}
+			e.shared, e.ready = e.ready[0], e.ready[1:]
+			e.shared.created = now()
+			e.dry = false
+		}
+		if k := e.shared; k != nil {
+			e.served = true
+			k.streams++
+			if size > 0 {
+				k.bytes += size
+			}
+			dek := slices.Clone(k.dek)
+			renew := 2*k.streams >= maxStreams && len(e.ready)+e.renewing < max(e.depth, 1)
+			if renew {
+				e.renewing++
+			}
+			gen := e.generation
+			e.mu.Unlock()
+			if renew {
+				// Wrap the next DEK ahead. Its failure is not this stream's:
+				// the next caller to find the DEK half spent tries again.
+				_ = e.renew(ctx, pairs, gen, fresh)
+			}
+			return dek, k, nil
+		}
+		// The DEKs wrapped ahead did not last until the next was ready:
+		// wrap one more ahead from now on, up to Ahead.
+		if e.served && !e.dry {
+			e.dry = true
+			e.depth = min(max(e.depth, 1)+1, ahead)
+		}
+		if e.renewing < ahead {
+			e.renewing++
+			gen := e.generation
+			e.mu.Unlock()
+			if err := e.renew(ctx, pairs, gen, fresh); err != nil {
+				return nil, nil, err
+			}
+			e.mu.Lock()
+			continue
+		}
+		// Every renewal allowed is in flight: wait for one to end.
+		if e.renewed == nil {
+			e.renewed = make(chan struct{})
+		}
+		wait := e.renewed
+		e.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		e.mu.Lock()
+	}
+}
+
+// renew wraps a new shared DEK under every KEK, without holding e.mu, and
+// adds it to the ready ones, unless ClearDataKey was called meanwhile
+// (gen tells). The caller has counted it in e.renewing. Whatever the
+// outcome, the callers waiting for a DEK are woken.
+func (e *Encrypter) renew(ctx context.Context, pairs []format.Pair, gen uint64, fresh func() ([]byte, error)) (err error) {
+	var k *sharedKey
+	defer func() {
+		e.mu.Lock()
+		e.renewing--
+		if k != nil && gen == e.generation {
+			e.ready = append(e.ready, k)
+		} else if k != nil {
 			clear(k.dek)
-			e.shared = nil
 		}
-		dek, err := fresh()
-		if err != nil {
-			return nil, nil, err
+		if e.renewed != nil {
+			close(e.renewed)
+			e.renewed = nil
 		}
-		encCtx, err := format.EncodeContext(pairs)
-		if err != nil {
-			clear(dek)
-			return nil, nil, fmt.Errorf("envelope: %w", err)
-		}
-		slots, err := wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return sharedSlotAAD(encCtx, uri) }, format.AADRecipeShared)
-		if err != nil {
-			clear(dek)
-			return nil, nil, err
-		}
-		k = &sharedKey{dek: dek, slots: slots, created: now()}
-		e.shared = k
+		e.mu.Unlock()
+	}()
+	dek, err := fresh()
+	if err != nil {
+		return err
 	}
-	k.streams++
-	if size > 0 {
-		k.bytes += size
+	encCtx, err := format.EncodeContext(pairs)
+	if err != nil {
+		clear(dek)
+		return fmt.Errorf("envelope: %w", err)
 	}
-	return slices.Clone(k.dek), k, nil
+	slots, err := wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return sharedSlotAAD(encCtx, uri) }, format.AADRecipeShared)
+	if err != nil {
+		clear(dek)
+		return err
+	}
+	k = &sharedKey{dek: dek, slots: slots}
+	return nil
 }
 
 // countBytes adds the plaintext of a stream of unknown size to the shared
@@ -315,15 +401,21 @@ func (e *Encrypter) countBytes(k *sharedKey, n int64) {
 	e.mu.Unlock()
 }
 
-// ClearDataKey zeroes and forgets the DEK kept for reuse, if any; the next
-// stream gets a new one.
+// ClearDataKey zeroes and forgets the DEKs kept for reuse, the one in use
+// and those wrapped ahead, if any; the next stream gets a new one. A DEK
+// whose wrapping is in flight is zeroed and dropped when it returns.
 func (e *Encrypter) ClearDataKey() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.generation++
 	if e.shared != nil {
 		clear(e.shared.dek)
 		e.shared = nil
 	}
+	for _, k := range e.ready {
+		clear(k.dek)
+	}
+	e.ready = nil
 }
 
 // wrapAll wraps dek under every KEK at once, one slot each, with the
