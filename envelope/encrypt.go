@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,9 +24,11 @@ import (
 const (
 	// MaxSlots is the most key slots a file may have.
 	MaxSlots = format.MaxSlots
-	// DefaultSlotTableSize is the size of each slot table copy unless
-	// Encrypter.SlotTableSize says otherwise: room for about six Key Protect
-	// slots.
+	// DefaultSlotTableSize (2048) is the size of each slot table copy of a
+	// file of unknown size or of [SmallFileSize] or more, unless
+	// Encrypter.SlotTableSize says otherwise: room for about four Key
+	// Protect slots, or a dozen local ones (see [SmallFileSize] for the
+	// size of a slot per backend).
 	DefaultSlotTableSize = format.DefaultSlotTableSize
 	// MinSlotTableSize and MaxSlotTableSize bound Encrypter.SlotTableSize.
 	MinSlotTableSize = format.MinSlotTableSize
@@ -60,8 +63,10 @@ type Encrypter struct {
 	// GOMAXPROCS.
 	Workers int
 	// SlotTableSize is the size of each of the two slot table copies; zero
-	// means [DefaultSlotTableSize]. A larger table leaves room for more
-	// slots to be added later without rewriting the file.
+	// means [DefaultSlotTableSize] (2 KiB: about four Key Protect slots),
+	// or for a file known to be smaller than [SmallFileSize] a table sized
+	// to its slots with room for a rotation of each. A larger table leaves
+	// room for more slots to be added later without rewriting the file.
 	SlotTableSize int
 	// Context is the encryption context: key/value pairs stored in the
 	// header, authenticated, and bound into the data given to the KEKs.
@@ -86,6 +91,7 @@ type Encrypter struct {
 	depth      int              // how many DEKs to wrap ahead, up to Reuse.Ahead
 	served     bool             // a shared DEK served a stream
 	dry        bool             // callers found no shared DEK left
+	slotSizes  map[string]int   // the size of the last slot each KEK made
 	now        func() time.Time // time.Now outside tests
 }
 
@@ -200,6 +206,7 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 		}
 	}
 	tableSize := e.SlotTableSize
+	small := tableSize == 0 && size >= 0 && size < SmallFileSize
 	if tableSize == 0 {
 		tableSize = DefaultSlotTableSize
 	}
@@ -236,25 +243,126 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 	default:
 		return nil, nil, nil, fmt.Errorf("envelope: unknown compression %q", e.Compression)
 	}
-	if core.MAC, err = headerMAC(dek, core); err != nil {
-		return nil, nil, nil, fmt.Errorf("envelope: %w", err)
+	if small {
+		// A shared DEK's slots are known; a fresh DEK's are estimated,
+		// from the slots this Encrypter made before if it has.
+		var sizes []int
+		if shared != nil {
+			for _, s := range shared.slots {
+				sizes = append(sizes, s.Size())
+			}
+		} else {
+			sizes = e.slotEstimates()
+		}
+		core.SlotTableSize = smallTableSize(sizes)
 	}
-	coreBytes, err := core.Marshal()
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("envelope: %w", err)
+	for attempt := 0; ; attempt++ {
+		if core.MAC, err = headerMAC(dek, core); err != nil {
+			return nil, nil, nil, fmt.Errorf("envelope: %w", err)
+		}
+		coreBytes, err := core.Marshal()
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("envelope: %w", err)
+		}
+		var slots []format.Slot
+		if shared != nil {
+			slots = shared.slots
+		} else if slots, err = wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return slotAAD(coreBytes, uri) }, format.AADRecipeV1); err != nil {
+			return nil, nil, nil, err
+		}
+		if small && shared == nil {
+			e.learnSlotSizes(slots)
+		}
+		table, err := (&format.SlotTable{Sequence: 1, Slots: slots}).Marshal(core.SlotTableSize)
+		if err != nil && small && attempt == 0 && shared == nil && errors.Is(err, format.ErrSlotTableFull) {
+			// The estimate fell short: size the table to the slots, which
+			// binds them to another core, and wrap again.
+			sizes := make([]int, len(slots))
+			for i, s := range slots {
+				sizes[i] = s.Size()
+			}
+			core.SlotTableSize = smallTableSize(sizes)
+			continue
+		}
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("envelope: %w (raise the slot table size)", err)
+		}
+		return slices.Concat(coreBytes, table, table), c, shared, nil
 	}
+}
 
-	var slots []format.Slot
-	if shared != nil {
-		slots = shared.slots
-	} else if slots, err = wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return slotAAD(coreBytes, uri) }, format.AADRecipeV1); err != nil {
-		return nil, nil, nil, err
+// SmallFileSize is the plaintext size below which, when it is known in
+// advance (Seal, NewWriter with a size, Encrypt from a regular file) and
+// Encrypter.SlotTableSize is zero, a file's slot tables are sized to the
+// slots it holds plus [SlotRotationRoom] bytes for each, rather than
+// [DefaultSlotTableSize]: enough for every slot to be rewrapped under a new
+// key version, not for a slot to be added. Adding a slot to such a file
+// fails with [ErrSlotTableFull]; re-encrypt it, or set
+// Encrypter.SlotTableSize for files that will get more slots.
+//
+// A slot takes 6 bytes plus its KEK URI, its key version and its wrapped
+// DEK. By backend, about:
+//   - local key file: 60 bytes plus the URI ("local:" and the file's
+//     path), so about 130 bytes;
+//   - Key Protect and Hyper Protect Crypto Services: 280 bytes plus the
+//     key CRN, so about 430 to 470 bytes;
+//   - PKCS#11: 50 to 70 bytes plus the pkcs11: URI, so about 150 bytes.
+//
+// A slot table adds 45 bytes to its slots, and a file holds two copies. So
+// a small file with one Key Protect slot carries two tables of 540 to 600
+// bytes; with the core (126 bytes with no encryption context) and a 16-byte
+// tag per chunk, a 4 KiB object grows by 1.2 to 1.3 KiB (1,230 bytes
+// against a local Key Protect, kplocal), where the default tables make it
+// 4.1 KiB.
+const SmallFileSize = 1 << 20
+
+// SlotRotationRoom is the room a small file's slot table leaves for each
+// slot (see [SmallFileSize]), so that a rotation may lengthen its key
+// version or its wrapped DEK.
+const SlotRotationRoom = 64
+
+// smallTableSize is the slot table size for slots of the given sizes:
+// room for each and [SlotRotationRoom] more, rounded up to 16 bytes.
+func smallTableSize(sizes []int) int {
+	n := format.TableOverhead
+	for _, s := range sizes {
+		n += s + SlotRotationRoom
 	}
-	table, err := (&format.SlotTable{Sequence: 1, Slots: slots}).Marshal(tableSize)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("envelope: %w (raise the slot table size)", err)
+	n = (n + 15) &^ 15
+	return min(max(n, MinSlotTableSize), MaxSlotTableSize)
+}
+
+// slotEstimates estimates the size of the slot each KEK will make: the
+// size of the last one it made for this Encrypter, or else its URI plus 6
+// bytes of framing, 40 of key version and 240 of wrapped DEK (a Key Protect
+// slot's).
+func (e *Encrypter) slotEstimates() []int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sizes := make([]int, len(e.KEKs))
+	for i, k := range e.KEKs {
+		uri := k.URI()
+		if n, ok := e.slotSizes[uri]; ok {
+			sizes[i] = n
+		} else {
+			sizes[i] = (&format.Slot{URI: uri}).Size() + 40 + 240
+		}
 	}
-	return slices.Concat(coreBytes, table, table), c, shared, nil
+	return sizes
+}
+
+// learnSlotSizes remembers the size of each slot, by KEK URI.
+func (e *Encrypter) learnSlotSizes(slots []format.Slot) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.slotSizes == nil {
+		e.slotSizes = map[string]int{}
+	}
+	for _, s := range slots {
+		if len(e.slotSizes) < MaxSlots*4 || e.slotSizes[s.URI] != 0 {
+			e.slotSizes[s.URI] = s.Size()
+		}
+	}
 }
 
 // dataKey returns a DEK for a new stream: a fresh one, or with DataKeyReuse

@@ -189,6 +189,9 @@ func withLock(ctx context.Context, f *os.File, fn func() error) error {
 // copy, and syncs (FORMAT.md §3.3).
 func writeTable(f File, h *format.Header, t *format.SlotTable) error {
 	enc, err := t.Marshal(h.Core.SlotTableSize)
+	if errors.Is(err, format.ErrSlotTableFull) {
+		return fmt.Errorf("envelope: %w; the file's slot tables are fixed at its encryption (a small file's hold its slots and room for their rotation only, see SmallFileSize): decrypt and encrypt it again, with Encrypter.SlotTableSize for room for more slots", err)
+	}
 	if err != nil {
 		return fmt.Errorf("envelope: %w", err)
 	}
