@@ -78,9 +78,14 @@ type sharedKey struct {
 // evicted beyond the size limit, and an evicted DEK is zeroed. It is safe
 // for concurrent use.
 type DataKeyCache struct {
+	// Telemetry receives the cache's hits, misses and evictions; nil means
+	// OpenTelemetry's global meter provider. Set it before first use.
+	Telemetry *Telemetry
+
 	max int
 	ttl time.Duration
 	now func() time.Time
+	tel telemetryOnce
 
 	mu      sync.Mutex
 	entries map[[32]byte]*list.Element
@@ -135,6 +140,7 @@ func (c *DataKeyCache) acquire(ctx context.Context, uri string, wrapped, aad []b
 		}
 		wait, busy := c.pending[k]
 		if !busy {
+			c.tel.get(c.Telemetry).count(missCounter, 1)
 			done := make(chan struct{})
 			c.pending[k] = done
 			c.mu.Unlock()
@@ -168,10 +174,13 @@ func (c *DataKeyCache) lookup(k [32]byte) ([]byte, string, bool) {
 		return nil, "", false
 	}
 	e := el.Value.(*cacheEntry)
+	ins := c.tel.get(c.Telemetry)
 	if !c.now().Before(e.expires) {
 		c.remove(el)
+		ins.countEviction("expired")
 		return nil, "", false
 	}
+	ins.count(hitCounter, 1)
 	c.lru.MoveToFront(el)
 	return slices.Clone(e.dek), e.version, true
 }
@@ -188,6 +197,7 @@ func (c *DataKeyCache) put(uri string, wrapped, aad, dek []byte, version string)
 	c.entries[k] = c.lru.PushFront(e)
 	for c.lru.Len() > c.max {
 		c.remove(c.lru.Back())
+		c.tel.get(c.Telemetry).countEviction("size")
 	}
 }
 

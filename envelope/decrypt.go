@@ -52,7 +52,11 @@ type Decrypter struct {
 	// (see [DataKeyReuse]), or a file opened again, cost no KMS call. It
 	// may be shared by several Decrypters.
 	Cache *DataKeyCache
+	// Telemetry receives spans and metrics of the KMS calls and of the
+	// bytes opened; nil means OpenTelemetry's global providers.
+	Telemetry *Telemetry
 
+	tel      telemetryOnce
 	versions versionCache
 	now      func() time.Time // time.Now outside tests
 }
@@ -145,7 +149,7 @@ func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, erro
 	if err != nil {
 		return nil, err
 	}
-	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: src, ctx: new(atomic.Pointer[context.Context])}
+	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: src, ctx: new(atomic.Pointer[context.Context]), ins: d.tel.get(d.Telemetry)}
 	body := io.Reader(ctxReader{r: src, ctx: r.ctx})
 	if r.size >= 0 {
 		bodySize, err := h.Core.Stream.BodySize(r.size)
@@ -225,7 +229,7 @@ func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64
 	if bodySize > streamSize {
 		return nil, fmt.Errorf("envelope: %w: %d bytes after the body", ErrTrailingData, bodySize-streamSize)
 	}
-	return &ReaderAt{ra: sra, slot: slot}, nil
+	return &ReaderAt{ra: sra, slot: slot, ins: d.tel.get(d.Telemetry)}, nil
 }
 
 // openHeader checks the context, then opens a key slot and returns the
@@ -238,7 +242,7 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 	if len(d.MinKeyVersions) > 0 {
 		check = d.checkMinVersion
 	}
-	dek, c, slot, err := openSlots(ctx, h, d.Keyring, check, d.Cache)
+	dek, c, slot, err := openSlots(ctx, d.tel.get(d.Telemetry), h, d.Keyring, check, d.Cache)
 	clear(dek)
 	if slot != nil {
 		s := h.Table().Slots[slot.Index]
@@ -250,7 +254,7 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 // openSlots tries the keyring's KEKs on each slot until one unwraps the DEK,
 // and authenticates the header with it. Slots under a key version older than
 // the minimum for their KEK are refused. The caller clears the DEK.
-func openSlots(ctx context.Context, h *format.Header, keyring Keyring, checkMin minVersionCheck, cache *DataKeyCache) ([]byte, *stream.Cipher, *OpenedSlot, error) {
+func openSlots(ctx context.Context, ins *instruments, h *format.Header, keyring Keyring, checkMin minVersionCheck, cache *DataKeyCache) ([]byte, *stream.Cipher, *OpenedSlot, error) {
 	if keyring == nil {
 		return nil, nil, nil, errors.New("envelope: no keyring to open the file with")
 	}
@@ -273,7 +277,7 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, checkMin 
 			return nil, nil, nil, err
 		}
 		if cache == nil {
-			if dek, c, opened, err := tryKEKs(ctx, h, i, &slot, keks, aad, noKEK); dek != nil || err != nil {
+			if dek, c, opened, err := tryKEKs(ctx, ins, h, i, &slot, keks, aad, noKEK); dek != nil || err != nil {
 				return dek, c, opened, err
 			}
 			continue
@@ -296,7 +300,7 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, checkMin 
 		// for this slot go on.
 		dek, c, opened, err := func() ([]byte, *stream.Cipher, *OpenedSlot, error) {
 			defer release()
-			dek, c, opened, err := tryKEKs(ctx, h, i, &slot, keks, aad, noKEK)
+			dek, c, opened, err := tryKEKs(ctx, ins, h, i, &slot, keks, aad, noKEK)
 			if dek != nil {
 				cache.put(slot.URI, slot.Wrapped, aad, dek, opened.unwrappedVersion)
 			}
@@ -313,9 +317,13 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, checkMin 
 // cipher when one unwraps it and the header authenticates, an error when
 // the header does not (or the context ends), and nothing when no KEK
 // unwrapped the slot (their errors go to noKEK).
-func tryKEKs(ctx context.Context, h *format.Header, i int, slot *format.Slot, keks []kms.KEK, aad []byte, noKEK *NoKEKError) ([]byte, *stream.Cipher, *OpenedSlot, error) {
+func tryKEKs(ctx context.Context, ins *instruments, h *format.Header, i int, slot *format.Slot, keks []kms.KEK, aad []byte, noKEK *NoKEKError) ([]byte, *stream.Cipher, *OpenedSlot, error) {
 	for _, kek := range keks {
-		res, err := kek.Unwrap(ctx, slot.Wrapped, aad)
+		var res kms.UnwrapResult
+		err := ins.kmsCall(ctx, "unwrap", kek.URI(), func(ctx context.Context) (err error) {
+			res, err = kek.Unwrap(ctx, slot.Wrapped, aad)
+			return err
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil, nil, err
@@ -361,14 +369,15 @@ func (d *Decrypter) checkMinVersion(ctx context.Context, keks []kms.KEK, slot fo
 		if !ok || kek.URI() != slot.URI {
 			continue
 		}
-		versions, err := d.versions.list(ctx, vl, ttl, now, false)
+		ins := d.tel.get(d.Telemetry)
+		versions, err := d.versions.list(ctx, ins, vl, ttl, now, false)
 		if err != nil {
 			return err
 		}
 		at, minAt := slices.Index(versions, slot.KeyVersion), slices.Index(versions, min)
 		if (at < 0 || minAt < 0) && ttl >= 0 {
 			// The list may predate a rotation: fetch it again.
-			if versions, err = d.versions.list(ctx, vl, ttl, now, true); err != nil {
+			if versions, err = d.versions.list(ctx, ins, vl, ttl, now, true); err != nil {
 				return err
 			}
 			at, minAt = slices.Index(versions, slot.KeyVersion), slices.Index(versions, min)
@@ -441,6 +450,8 @@ type Reader struct {
 	n             int64
 	checkTrailing bool
 	end           error // the outcome at the end of the stream, once known
+	ins           *instruments
+	counted       int64 // bytes counted as opened
 }
 
 // Slot tells which key slot opened the file.
@@ -532,6 +543,8 @@ func (r *Reader) streamErr(err error) error {
 
 // Close stops the Reader's goroutines. It does not close the source.
 func (r *Reader) Close() error {
+	r.ins.count(openedCounter, r.n-r.counted)
+	r.counted = r.n
 	if r.zr != nil {
 		r.zr.Close()
 	}
@@ -546,11 +559,16 @@ func (r *Reader) Close() error {
 type ReaderAt struct {
 	ra   *stream.ReaderAt
 	slot *OpenedSlot
+	ins  *instruments
 }
 
 // ReadAt reads len(p) bytes of plaintext starting at offset off, opening
 // only the chunks it touches. It implements [io.ReaderAt].
-func (r *ReaderAt) ReadAt(p []byte, off int64) (int, error) { return r.ra.ReadAt(p, off) }
+func (r *ReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := r.ra.ReadAt(p, off)
+	r.ins.count(openedCounter, int64(n))
+	return n, err
+}
 
 // Size returns the plaintext size, authenticated by the final chunk.
 func (r *ReaderAt) Size() int64 { return r.ra.Size() }

@@ -81,7 +81,11 @@ type Encrypter struct {
 	// Reuse, when set, shares one wrapped DEK among several streams to save
 	// KMS calls; see [DataKeyReuse]. Nil gives every stream its own DEK.
 	Reuse *DataKeyReuse
+	// Telemetry receives spans and metrics of the KMS calls and of the
+	// bytes sealed; nil means OpenTelemetry's global providers.
+	Telemetry *Telemetry
 
+	tel        telemetryOnce
 	mu         sync.Mutex
 	shared     *sharedKey       // the DEK in use for reuse
 	ready      []*sharedKey     // DEKs wrapped ahead, next first
@@ -171,7 +175,7 @@ func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*
 	}
 	// The stream's Writer starts its workers only once a full chunk is
 	// written, so a one-chunk file starts none.
-	w := &Writer{size: size, ctx: new(atomic.Pointer[context.Context])}
+	w := &Writer{size: size, ctx: new(atomic.Pointer[context.Context]), ins: e.tel.get(e.Telemetry)}
 	w.dst = ctxWriter{w: dst, ctx: w.ctx}
 	w.sw = c.NewWriter(w.dst, &stream.Options{Workers: e.Workers})
 	if e.Compression == CompressionZstd {
@@ -267,7 +271,7 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 		var slots []format.Slot
 		if shared != nil {
 			slots = shared.slots
-		} else if slots, err = wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return slotAAD(coreBytes, uri) }, format.AADRecipeV1); err != nil {
+		} else if slots, err = wrapAll(ctx, e.tel.get(e.Telemetry), e.KEKs, dek, func(uri string) []byte { return slotAAD(coreBytes, uri) }, format.AADRecipeV1); err != nil {
 			return nil, nil, nil, err
 		}
 		if small && shared == nil {
@@ -492,7 +496,7 @@ func (e *Encrypter) renew(ctx context.Context, pairs []format.Pair, gen uint64, 
 		clear(dek)
 		return fmt.Errorf("envelope: %w", err)
 	}
-	slots, err := wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return sharedSlotAAD(encCtx, uri) }, format.AADRecipeShared)
+	slots, err := wrapAll(ctx, e.tel.get(e.Telemetry), e.KEKs, dek, func(uri string) []byte { return sharedSlotAAD(encCtx, uri) }, format.AADRecipeShared)
 	if err != nil {
 		clear(dek)
 		return err
@@ -530,7 +534,7 @@ func (e *Encrypter) ClearDataKey() {
 // associated data aad gives for each URI. A KEK that panics makes wrapAll
 // panic with the same value, on the caller's goroutine, once every KEK has
 // returned.
-func wrapAll(ctx context.Context, keks []kms.KEK, dek []byte, aad func(uri string) []byte, recipe uint8) ([]format.Slot, error) {
+func wrapAll(ctx context.Context, ins *instruments, keks []kms.KEK, dek []byte, aad func(uri string) []byte, recipe uint8) ([]format.Slot, error) {
 	slots := make([]format.Slot, len(keks))
 	errs := make([]error, len(keks))
 	panics := make([]any, len(keks))
@@ -545,7 +549,11 @@ func wrapAll(ctx context.Context, keks []kms.KEK, dek []byte, aad func(uri strin
 				}
 			}()
 			uri := kek.URI()
-			w, err := kek.Wrap(ctx, dek, aad(uri))
+			var w kms.WrappedKey
+			err := ins.kmsCall(ctx, "wrap", uri, func(ctx context.Context) (err error) {
+				w, err = kek.Wrap(ctx, dek, aad(uri))
+				return err
+			})
 			if err != nil {
 				errs[i] = fmt.Errorf("wrapping the data key: %w", err)
 				return
@@ -607,6 +615,7 @@ type Writer struct {
 	done bool  // Close or Abort was called
 	// onClose, if set, learns the plaintext size at Close or Abort.
 	onClose func(n int64)
+	ins     *instruments
 }
 
 // ctxWriter fails writes once the context it points to is done.
@@ -714,6 +723,9 @@ func (w *Writer) Close() error {
 		w.sw.Abort(w.err)
 	} else {
 		w.err = w.sw.Close()
+	}
+	if w.err == nil {
+		w.ins.count(sealedCounter, w.n)
 	}
 	w.finish()
 	return w.err

@@ -216,7 +216,7 @@ type rewrapper struct {
 // getDEK unwraps the DEK through any slot, authenticating the header.
 func (rw *rewrapper) getDEK() ([]byte, error) {
 	if rw.dek == nil {
-		dek, _, _, err := openSlots(rw.ctx, rw.h, rw.opts.Keyring, nil, nil)
+		dek, _, _, err := openSlots(rw.ctx, nil, rw.h, rw.opts.Keyring, nil, nil)
 		if err != nil {
 			return nil, err
 		}

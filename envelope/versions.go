@@ -30,9 +30,16 @@ type versionEntry struct {
 
 // list returns the versions of the KEK vl, from the cache unless they are
 // older than ttl or refresh is set. A ttl below zero turns the cache off.
-func (c *versionCache) list(ctx context.Context, vl kms.VersionLister, ttl time.Duration, now func() time.Time, refresh bool) ([]string, error) {
+func (c *versionCache) list(ctx context.Context, ins *instruments, vl kms.VersionLister, ttl time.Duration, now func() time.Time, refresh bool) ([]string, error) {
+	fetch := func(ctx context.Context) (v []string, err error) {
+		err = ins.kmsCall(ctx, "versions", vl.URI(), func(ctx context.Context) error {
+			v, err = vl.Versions(ctx)
+			return err
+		})
+		return v, err
+	}
 	if ttl < 0 {
-		return vl.Versions(ctx)
+		return fetch(ctx)
 	}
 	uri := vl.URI()
 	for {
@@ -76,7 +83,7 @@ func (c *versionCache) list(ctx context.Context, vl kms.VersionLister, ttl time.
 				c.mu.Unlock()
 				close(done)
 			}()
-			return vl.Versions(ctx)
+			return fetch(ctx)
 		}()
 		return versions, err
 	}
