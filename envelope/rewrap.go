@@ -44,6 +44,9 @@ type RewrapOptions struct {
 	// DryRun computes the result but calls no KMS write operation and
 	// writes nothing.
 	DryRun bool
+	// Telemetry receives spans and metrics of the KMS calls; nil means
+	// OpenTelemetry's global providers.
+	Telemetry *Telemetry
 }
 
 // SlotChange describes what Rewrap did, or would do, to one slot.
@@ -97,7 +100,7 @@ func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, er
 	if err != nil {
 		return nil, err
 	}
-	rw := &rewrapper{ctx: ctx, h: h, opts: opts}
+	rw := &rewrapper{ctx: ctx, h: h, opts: opts, ins: newInstruments(opts.Telemetry)}
 	defer clear(rw.dek)
 	slots, changes, err := rw.plan()
 	if err != nil {
@@ -211,12 +214,13 @@ type rewrapper struct {
 	h    *format.Header
 	opts *RewrapOptions
 	dek  []byte // unwrapped on demand
+	ins  *instruments
 }
 
 // getDEK unwraps the DEK through any slot, authenticating the header.
 func (rw *rewrapper) getDEK() ([]byte, error) {
 	if rw.dek == nil {
-		dek, _, _, err := openSlots(rw.ctx, nil, rw.h, rw.opts.Keyring, nil, nil)
+		dek, _, _, err := openSlots(rw.ctx, rw.ins, rw.h, rw.opts.Keyring, nil, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -237,7 +241,11 @@ func (rw *rewrapper) wrap(kek kms.KEK) (format.Slot, error) {
 	if err != nil {
 		return format.Slot{}, err
 	}
-	w, err := kek.Wrap(rw.ctx, dek, slotAAD(rw.h.CoreBytes, kek.URI()))
+	var w kms.WrappedKey
+	err = rw.ins.kmsCall(rw.ctx, "wrap", kek.URI(), func(ctx context.Context) (err error) {
+		w, err = kek.Wrap(ctx, dek, slotAAD(rw.h.CoreBytes, kek.URI()))
+		return err
+	})
 	if err != nil {
 		return format.Slot{}, fmt.Errorf("wrapping the data key: %w", err)
 	}
@@ -350,7 +358,11 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 		p.put(s, c)
 		return nil
 	}
-	current, err := vr.CurrentVersion(rw.ctx)
+	var current string
+	err := rw.ins.kmsCall(rw.ctx, "current_version", kek.URI(), func(ctx context.Context) (err error) {
+		current, err = vr.CurrentVersion(ctx)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -370,7 +382,11 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 		if err != nil {
 			return err
 		}
-		w, err := r.Rewrap(rw.ctx, s.Wrapped, aad)
+		var w kms.WrappedKey
+		err = rw.ins.kmsCall(rw.ctx, "rewrap", kek.URI(), func(ctx context.Context) (err error) {
+			w, err = r.Rewrap(ctx, s.Wrapped, aad)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("rewrapping the data key: %w", err)
 		}

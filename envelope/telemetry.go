@@ -19,9 +19,10 @@ import (
 // OpenTelemetry's global provider ([otel.GetTracerProvider],
 // [otel.GetMeterProvider]), which does nothing unless the application
 // installs one. Providers are read at an Encrypter's, Decrypter's or
-// DataKeyCache's first use.
+// DataKeyCache's first use, and at each [Rewrap].
 //
-// Each KMS call made by envelope (wrap, unwrap, versions) is a span named
+// Each KMS call made by envelope (wrap, unwrap, versions, and in [Rewrap]
+// current_version and rewrap) is a span named
 // "kpcrypt.kms.<operation>" of kind client, and is counted:
 //
 //   - kpcrypt.kms.calls (counter) and kpcrypt.kms.duration (histogram, in

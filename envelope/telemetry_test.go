@@ -251,3 +251,22 @@ func (b badKeyring) KEKsFor(_ context.Context, uri string) ([]kms.KEK, error) {
 	}
 	return nil, nil
 }
+
+// TestTelemetryRewrap: the KMS calls of a rewrap reach the providers given.
+func TestTelemetryRewrap(t *testing.T) {
+	ctx := context.Background()
+	rec := newRecorder()
+	k := newLocalKEK(t, "kek")
+	p, _ := encryptFile(t, t.TempDir(), "f.kpc", 1000, k)
+	if _, err := k.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: KEKs{k}, Telemetry: rec.telemetry()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []string{"current_version", "unwrap", "wrap"} {
+		if got := rec.sum("kpcrypt.kms.calls kms.backend=local kms.operation=" + op + " outcome=ok"); got != 1 {
+			t.Errorf("%d %s calls, want 1", got, op)
+		}
+	}
+}
