@@ -21,11 +21,32 @@ import (
 // (FORMAT.md §3.2, recipe 2).
 //
 // Zero fields take the defaults: 100 streams, 1 minute, 1 GiB. MaxStreams 1
-// turns reuse off.
+// turns reuse off. MaxAge counts from the first stream a DEK serves.
+//
+// The Encrypter renews the shared DEK ahead: once the one in use has served
+// half of MaxStreams, the next stream's caller wraps a successor, while the
+// other callers go on with the DEK in use. It starts with one DEK wrapped
+// ahead, and each time writers find none left (the renewals did not keep
+// up) it keeps one more, up to Ahead. No lock is held across a KMS call,
+// and a caller that finds no DEK left waits for one until its context
+// ends. So the KMS's latency does not stop the writers: encryption runs at
+// up to Ahead × MaxStreams ÷ latency streams per second. DEKs wrapped
+// ahead and never used (as many as were kept ahead, at most Ahead) cost
+// their KMS calls for nothing; [Encrypter.ClearDataKey] zeroes them.
 type DataKeyReuse struct {
 	MaxStreams int
 	MaxAge     time.Duration
 	MaxBytes   int64
+	// Ahead is the most DEKs kept wrapped ahead of need, counting those
+	// whose wrapping is in flight; zero means 8.
+	Ahead int
+}
+
+func (r *DataKeyReuse) ahead() int {
+	if r.Ahead <= 0 {
+		return 8
+	}
+	return r.Ahead
 }
 
 func (r *DataKeyReuse) limits() (int, time.Duration, int64) {
@@ -57,9 +78,14 @@ type sharedKey struct {
 // evicted beyond the size limit, and an evicted DEK is zeroed. It is safe
 // for concurrent use.
 type DataKeyCache struct {
+	// Telemetry receives the cache's hits, misses and evictions; nil means
+	// OpenTelemetry's global meter provider. Set it before first use.
+	Telemetry *Telemetry
+
 	max int
 	ttl time.Duration
 	now func() time.Time
+	tel telemetryOnce
 
 	mu      sync.Mutex
 	entries map[[32]byte]*list.Element
@@ -114,6 +140,7 @@ func (c *DataKeyCache) acquire(ctx context.Context, uri string, wrapped, aad []b
 		}
 		wait, busy := c.pending[k]
 		if !busy {
+			c.tel.get(c.Telemetry).count(missCounter, 1)
 			done := make(chan struct{})
 			c.pending[k] = done
 			c.mu.Unlock()
@@ -147,10 +174,13 @@ func (c *DataKeyCache) lookup(k [32]byte) ([]byte, string, bool) {
 		return nil, "", false
 	}
 	e := el.Value.(*cacheEntry)
+	ins := c.tel.get(c.Telemetry)
 	if !c.now().Before(e.expires) {
 		c.remove(el)
+		ins.countEviction("expired")
 		return nil, "", false
 	}
+	ins.count(hitCounter, 1)
 	c.lru.MoveToFront(el)
 	return slices.Clone(e.dek), e.version, true
 }
@@ -167,6 +197,7 @@ func (c *DataKeyCache) put(uri string, wrapped, aad, dek []byte, version string)
 	c.entries[k] = c.lru.PushFront(e)
 	for c.lru.Len() > c.max {
 		c.remove(c.lru.Back())
+		c.tel.get(c.Telemetry).countEviction("size")
 	}
 }
 

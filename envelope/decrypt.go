@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -35,12 +36,29 @@ type Decrypter struct {
 	// MinKeyVersions maps KEK URIs to the oldest key version still allowed
 	// to decrypt, mirroring the retirement of key versions: a slot under an
 	// older version is refused with [ErrKeyVersionRetired]. The KEK must
-	// list its versions ([kms.VersionLister]).
+	// list its versions ([kms.VersionLister]). The Decrypter keeps each
+	// KEK's list for VersionsTTL, so that opening many files costs about
+	// one version listing per KEK and TTL; a slot under a version the kept
+	// list does not know (the KEK was rotated since) has the list fetched
+	// again at once.
 	MinKeyVersions map[string]string
+	// VersionsTTL is how long the version lists fetched for MinKeyVersions
+	// are kept: zero means [DefaultVersionsTTL] (5 minutes), and a negative
+	// value fetches the list at every open. A retirement of a key version
+	// (a new entry in MinKeyVersions aside) takes effect at the latest
+	// after VersionsTTL.
+	VersionsTTL time.Duration
 	// Cache, when set, keeps unwrapped DEKs so that files sharing a DEK
 	// (see [DataKeyReuse]), or a file opened again, cost no KMS call. It
 	// may be shared by several Decrypters.
 	Cache *DataKeyCache
+	// Telemetry receives spans and metrics of the KMS calls and of the
+	// bytes opened; nil means OpenTelemetry's global providers.
+	Telemetry *Telemetry
+
+	tel      telemetryOnce
+	versions versionCache
+	now      func() time.Time // time.Now outside tests
 }
 
 // OpenedSlot tells which key slot opened a file.
@@ -131,7 +149,7 @@ func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, erro
 	if err != nil {
 		return nil, err
 	}
-	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: src, ctx: new(atomic.Pointer[context.Context])}
+	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: src, ctx: new(atomic.Pointer[context.Context]), ins: d.tel.get(d.Telemetry)}
 	body := io.Reader(ctxReader{r: src, ctx: r.ctx})
 	if r.size >= 0 {
 		bodySize, err := h.Core.Stream.BodySize(r.size)
@@ -211,7 +229,7 @@ func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64
 	if bodySize > streamSize {
 		return nil, fmt.Errorf("envelope: %w: %d bytes after the body", ErrTrailingData, bodySize-streamSize)
 	}
-	return &ReaderAt{ra: sra, slot: slot}, nil
+	return &ReaderAt{ra: sra, slot: slot, ins: d.tel.get(d.Telemetry)}, nil
 }
 
 // openHeader checks the context, then opens a key slot and returns the
@@ -220,7 +238,11 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 	if err := checkContext(h.Core.Context, d.Context); err != nil {
 		return nil, nil, err
 	}
-	dek, c, slot, err := openSlots(ctx, h, d.Keyring, d.MinKeyVersions, d.Cache)
+	var check minVersionCheck
+	if len(d.MinKeyVersions) > 0 {
+		check = d.checkMinVersion
+	}
+	dek, c, slot, err := openSlots(ctx, d.tel.get(d.Telemetry), h, d.Keyring, check, d.Cache)
 	clear(dek)
 	if slot != nil {
 		s := h.Table().Slots[slot.Index]
@@ -232,7 +254,7 @@ func (d *Decrypter) openHeader(ctx context.Context, h *format.Header) (*stream.C
 // openSlots tries the keyring's KEKs on each slot until one unwraps the DEK,
 // and authenticates the header with it. Slots under a key version older than
 // the minimum for their KEK are refused. The caller clears the DEK.
-func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersions map[string]string, cache *DataKeyCache) ([]byte, *stream.Cipher, *OpenedSlot, error) {
+func openSlots(ctx context.Context, ins *instruments, h *format.Header, keyring Keyring, checkMin minVersionCheck, cache *DataKeyCache) ([]byte, *stream.Cipher, *OpenedSlot, error) {
 	if keyring == nil {
 		return nil, nil, nil, errors.New("envelope: no keyring to open the file with")
 	}
@@ -244,8 +266,8 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersio
 		if err != nil {
 			noKEK.Errors = append(noKEK.Errors, err)
 		}
-		if min, ok := minVersions[slot.URI]; ok && len(keks) > 0 {
-			if err := checkMinVersion(ctx, keks, slot, min); err != nil {
+		if checkMin != nil && len(keks) > 0 {
+			if err := checkMin(ctx, keks, slot); err != nil {
 				noKEK.Errors = append(noKEK.Errors, err)
 				continue
 			}
@@ -255,7 +277,7 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersio
 			return nil, nil, nil, err
 		}
 		if cache == nil {
-			if dek, c, opened, err := tryKEKs(ctx, h, i, &slot, keks, aad, noKEK); dek != nil || err != nil {
+			if dek, c, opened, err := tryKEKs(ctx, ins, h, i, &slot, keks, aad, noKEK); dek != nil || err != nil {
 				return dek, c, opened, err
 			}
 			continue
@@ -278,7 +300,7 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersio
 		// for this slot go on.
 		dek, c, opened, err := func() ([]byte, *stream.Cipher, *OpenedSlot, error) {
 			defer release()
-			dek, c, opened, err := tryKEKs(ctx, h, i, &slot, keks, aad, noKEK)
+			dek, c, opened, err := tryKEKs(ctx, ins, h, i, &slot, keks, aad, noKEK)
 			if dek != nil {
 				cache.put(slot.URI, slot.Wrapped, aad, dek, opened.unwrappedVersion)
 			}
@@ -295,9 +317,13 @@ func openSlots(ctx context.Context, h *format.Header, keyring Keyring, minVersio
 // cipher when one unwraps it and the header authenticates, an error when
 // the header does not (or the context ends), and nothing when no KEK
 // unwrapped the slot (their errors go to noKEK).
-func tryKEKs(ctx context.Context, h *format.Header, i int, slot *format.Slot, keks []kms.KEK, aad []byte, noKEK *NoKEKError) ([]byte, *stream.Cipher, *OpenedSlot, error) {
+func tryKEKs(ctx context.Context, ins *instruments, h *format.Header, i int, slot *format.Slot, keks []kms.KEK, aad []byte, noKEK *NoKEKError) ([]byte, *stream.Cipher, *OpenedSlot, error) {
 	for _, kek := range keks {
-		res, err := kek.Unwrap(ctx, slot.Wrapped, aad)
+		var res kms.UnwrapResult
+		err := ins.kmsCall(ctx, "unwrap", kek.URI(), func(ctx context.Context) (err error) {
+			res, err = kek.Unwrap(ctx, slot.Wrapped, aad)
+			return err
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil, nil, err
@@ -318,19 +344,44 @@ func tryKEKs(ctx context.Context, h *format.Header, i int, slot *format.Slot, ke
 	return nil, nil, nil, nil
 }
 
-// checkMinVersion refuses a slot whose key version comes before min in the
-// KEK's order of versions.
-func checkMinVersion(ctx context.Context, keks []kms.KEK, slot format.Slot, min string) error {
+// minVersionCheck refuses a slot whose key version is retired.
+type minVersionCheck func(ctx context.Context, keks []kms.KEK, slot format.Slot) error
+
+// checkMinVersion refuses a slot whose key version comes before the
+// minimum for its KEK in the KEK's order of versions. The version list
+// comes from d's cache, and is fetched again when it does not know the
+// slot's version or the minimum.
+func (d *Decrypter) checkMinVersion(ctx context.Context, keks []kms.KEK, slot format.Slot) error {
+	min, ok := d.MinKeyVersions[slot.URI]
+	if !ok {
+		return nil
+	}
+	now := time.Now
+	if d.now != nil {
+		now = d.now
+	}
+	ttl := d.VersionsTTL
+	if ttl == 0 {
+		ttl = DefaultVersionsTTL
+	}
 	for _, kek := range keks {
 		vl, ok := kek.(kms.VersionLister)
 		if !ok || kek.URI() != slot.URI {
 			continue
 		}
-		versions, err := vl.Versions(ctx)
+		ins := d.tel.get(d.Telemetry)
+		versions, err := d.versions.list(ctx, ins, vl, ttl, now, false)
 		if err != nil {
 			return err
 		}
 		at, minAt := slices.Index(versions, slot.KeyVersion), slices.Index(versions, min)
+		if (at < 0 || minAt < 0) && ttl >= 0 {
+			// The list may predate a rotation: fetch it again.
+			if versions, err = d.versions.list(ctx, ins, vl, ttl, now, true); err != nil {
+				return err
+			}
+			at, minAt = slices.Index(versions, slot.KeyVersion), slices.Index(versions, min)
+		}
 		if minAt < 0 {
 			return fmt.Errorf("envelope: minimum key version %q is not a version of %s", min, slot.URI)
 		}
@@ -399,6 +450,8 @@ type Reader struct {
 	n             int64
 	checkTrailing bool
 	end           error // the outcome at the end of the stream, once known
+	ins           *instruments
+	counted       int64 // bytes counted as opened
 }
 
 // Slot tells which key slot opened the file.
@@ -490,6 +543,8 @@ func (r *Reader) streamErr(err error) error {
 
 // Close stops the Reader's goroutines. It does not close the source.
 func (r *Reader) Close() error {
+	r.ins.count(openedCounter, r.n-r.counted)
+	r.counted = r.n
 	if r.zr != nil {
 		r.zr.Close()
 	}
@@ -504,11 +559,16 @@ func (r *Reader) Close() error {
 type ReaderAt struct {
 	ra   *stream.ReaderAt
 	slot *OpenedSlot
+	ins  *instruments
 }
 
 // ReadAt reads len(p) bytes of plaintext starting at offset off, opening
 // only the chunks it touches. It implements [io.ReaderAt].
-func (r *ReaderAt) ReadAt(p []byte, off int64) (int, error) { return r.ra.ReadAt(p, off) }
+func (r *ReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := r.ra.ReadAt(p, off)
+	r.ins.count(openedCounter, int64(n))
+	return n, err
+}
 
 // Size returns the plaintext size, authenticated by the final chunk.
 func (r *ReaderAt) Size() int64 { return r.ra.Size() }

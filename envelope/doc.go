@@ -17,7 +17,10 @@
 // core's MAC, a slot can be replaced (after a KEK rotation, or to add or
 // remove a KEK) by rewriting the table in place, without touching the body
 // and, with a KMS that rewraps on its side, without the DEK ever leaving the
-// KMS. FORMAT.md specifies every byte.
+// KMS. The tables are 2 KiB each (about four Key Protect slots), except in a
+// file known to be small (under [SmallFileSize]), whose tables hold its
+// slots and room to rotate them: a 4 KiB object grows by about 1.3 KiB
+// rather than 4.1. FORMAT.md specifies every byte.
 //
 // # Entry points
 //

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,9 +24,11 @@ import (
 const (
 	// MaxSlots is the most key slots a file may have.
 	MaxSlots = format.MaxSlots
-	// DefaultSlotTableSize is the size of each slot table copy unless
-	// Encrypter.SlotTableSize says otherwise: room for about six Key Protect
-	// slots.
+	// DefaultSlotTableSize (2048) is the size of each slot table copy of a
+	// file of unknown size or of [SmallFileSize] or more, unless
+	// Encrypter.SlotTableSize says otherwise: room for about four Key
+	// Protect slots, or a dozen local ones (see [SmallFileSize] for the
+	// size of a slot per backend).
 	DefaultSlotTableSize = format.DefaultSlotTableSize
 	// MinSlotTableSize and MaxSlotTableSize bound Encrypter.SlotTableSize.
 	MinSlotTableSize = format.MinSlotTableSize
@@ -60,8 +63,10 @@ type Encrypter struct {
 	// GOMAXPROCS.
 	Workers int
 	// SlotTableSize is the size of each of the two slot table copies; zero
-	// means [DefaultSlotTableSize]. A larger table leaves room for more
-	// slots to be added later without rewriting the file.
+	// means [DefaultSlotTableSize] (2 KiB: about four Key Protect slots),
+	// or for a file known to be smaller than [SmallFileSize] a table sized
+	// to its slots with room for a rotation of each. A larger table leaves
+	// room for more slots to be added later without rewriting the file.
 	SlotTableSize int
 	// Context is the encryption context: key/value pairs stored in the
 	// header, authenticated, and bound into the data given to the KEKs.
@@ -76,10 +81,22 @@ type Encrypter struct {
 	// Reuse, when set, shares one wrapped DEK among several streams to save
 	// KMS calls; see [DataKeyReuse]. Nil gives every stream its own DEK.
 	Reuse *DataKeyReuse
+	// Telemetry receives spans and metrics of the KMS calls and of the
+	// bytes sealed; nil means OpenTelemetry's global providers.
+	Telemetry *Telemetry
 
-	mu     sync.Mutex
-	shared *sharedKey
-	now    func() time.Time // time.Now outside tests
+	tel        telemetryOnce
+	mu         sync.Mutex
+	shared     *sharedKey       // the DEK in use for reuse
+	ready      []*sharedKey     // DEKs wrapped ahead, next first
+	renewing   int              // wraps of DEKs for reuse in flight
+	renewed    chan struct{}    // closed when one of them ends
+	generation uint64           // grows at every ClearDataKey
+	depth      int              // how many DEKs to wrap ahead, up to Reuse.Ahead
+	served     bool             // a shared DEK served a stream
+	dry        bool             // callers found no shared DEK left
+	slotSizes  map[string]int   // the size of the last slot each KEK made
+	now        func() time.Time // time.Now outside tests
 }
 
 // Encrypt encrypts src into dst under keks, each wrapping the file's DEK.
@@ -158,7 +175,7 @@ func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*
 	}
 	// The stream's Writer starts its workers only once a full chunk is
 	// written, so a one-chunk file starts none.
-	w := &Writer{size: size, ctx: new(atomic.Pointer[context.Context])}
+	w := &Writer{size: size, ctx: new(atomic.Pointer[context.Context]), ins: e.tel.get(e.Telemetry)}
 	w.dst = ctxWriter{w: dst, ctx: w.ctx}
 	w.sw = c.NewWriter(w.dst, &stream.Options{Workers: e.Workers})
 	if e.Compression == CompressionZstd {
@@ -193,6 +210,7 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 		}
 	}
 	tableSize := e.SlotTableSize
+	small := tableSize == 0 && size >= 0 && size < SmallFileSize
 	if tableSize == 0 {
 		tableSize = DefaultSlotTableSize
 	}
@@ -229,30 +247,134 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 	default:
 		return nil, nil, nil, fmt.Errorf("envelope: unknown compression %q", e.Compression)
 	}
-	if core.MAC, err = headerMAC(dek, core); err != nil {
-		return nil, nil, nil, fmt.Errorf("envelope: %w", err)
+	if small {
+		// A shared DEK's slots are known; a fresh DEK's are estimated,
+		// from the slots this Encrypter made before if it has.
+		var sizes []int
+		if shared != nil {
+			for _, s := range shared.slots {
+				sizes = append(sizes, s.Size())
+			}
+		} else {
+			sizes = e.slotEstimates()
+		}
+		core.SlotTableSize = smallTableSize(sizes)
 	}
-	coreBytes, err := core.Marshal()
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("envelope: %w", err)
+	for attempt := 0; ; attempt++ {
+		if core.MAC, err = headerMAC(dek, core); err != nil {
+			return nil, nil, nil, fmt.Errorf("envelope: %w", err)
+		}
+		coreBytes, err := core.Marshal()
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("envelope: %w", err)
+		}
+		var slots []format.Slot
+		if shared != nil {
+			slots = shared.slots
+		} else if slots, err = wrapAll(ctx, e.tel.get(e.Telemetry), e.KEKs, dek, func(uri string) []byte { return slotAAD(coreBytes, uri) }, format.AADRecipeV1); err != nil {
+			return nil, nil, nil, err
+		}
+		if small && shared == nil {
+			e.learnSlotSizes(slots)
+		}
+		table, err := (&format.SlotTable{Sequence: 1, Slots: slots}).Marshal(core.SlotTableSize)
+		if err != nil && small && attempt == 0 && shared == nil && errors.Is(err, format.ErrSlotTableFull) {
+			// The estimate fell short: size the table to the slots, which
+			// binds them to another core, and wrap again.
+			sizes := make([]int, len(slots))
+			for i, s := range slots {
+				sizes[i] = s.Size()
+			}
+			core.SlotTableSize = smallTableSize(sizes)
+			continue
+		}
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("envelope: %w (raise the slot table size)", err)
+		}
+		return slices.Concat(coreBytes, table, table), c, shared, nil
 	}
+}
 
-	var slots []format.Slot
-	if shared != nil {
-		slots = shared.slots
-	} else if slots, err = wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return slotAAD(coreBytes, uri) }, format.AADRecipeV1); err != nil {
-		return nil, nil, nil, err
+// SmallFileSize is the plaintext size below which, when it is known in
+// advance (Seal, NewWriter with a size, Encrypt from a regular file) and
+// Encrypter.SlotTableSize is zero, a file's slot tables are sized to the
+// slots it holds plus [SlotRotationRoom] bytes for each, rather than
+// [DefaultSlotTableSize]: enough for every slot to be rewrapped under a new
+// key version, not for a slot to be added. Adding a slot to such a file
+// fails with [ErrSlotTableFull]; re-encrypt it, or set
+// Encrypter.SlotTableSize for files that will get more slots.
+//
+// A slot takes 6 bytes plus its KEK URI, its key version and its wrapped
+// DEK. By backend, about:
+//   - local key file: 60 bytes plus the URI ("local:" and the file's
+//     path), so about 130 bytes;
+//   - Key Protect and Hyper Protect Crypto Services: 280 bytes plus the
+//     key CRN, so about 430 to 470 bytes;
+//   - PKCS#11: 50 to 70 bytes plus the pkcs11: URI, so about 150 bytes.
+//
+// A slot table adds 45 bytes to its slots, and a file holds two copies. So
+// a small file with one Key Protect slot carries two tables of 540 to 600
+// bytes; with the core (126 bytes with no encryption context) and a 16-byte
+// tag per chunk, a 4 KiB object grows by 1.2 to 1.3 KiB (1,230 bytes
+// against a local Key Protect, kplocal), where the default tables make it
+// 4.1 KiB.
+const SmallFileSize = 1 << 20
+
+// SlotRotationRoom is the room a small file's slot table leaves for each
+// slot (see [SmallFileSize]), so that a rotation may lengthen its key
+// version or its wrapped DEK.
+const SlotRotationRoom = 64
+
+// smallTableSize is the slot table size for slots of the given sizes:
+// room for each and [SlotRotationRoom] more, rounded up to 16 bytes.
+func smallTableSize(sizes []int) int {
+	n := format.TableOverhead
+	for _, s := range sizes {
+		n += s + SlotRotationRoom
 	}
-	table, err := (&format.SlotTable{Sequence: 1, Slots: slots}).Marshal(tableSize)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("envelope: %w (raise the slot table size)", err)
+	n = (n + 15) &^ 15
+	return min(max(n, MinSlotTableSize), MaxSlotTableSize)
+}
+
+// slotEstimates estimates the size of the slot each KEK will make: the
+// size of the last one it made for this Encrypter, or else its URI plus 6
+// bytes of framing, 40 of key version and 240 of wrapped DEK (a Key Protect
+// slot's).
+func (e *Encrypter) slotEstimates() []int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sizes := make([]int, len(e.KEKs))
+	for i, k := range e.KEKs {
+		uri := k.URI()
+		if n, ok := e.slotSizes[uri]; ok {
+			sizes[i] = n
+		} else {
+			sizes[i] = (&format.Slot{URI: uri}).Size() + 40 + 240
+		}
 	}
-	return slices.Concat(coreBytes, table, table), c, shared, nil
+	return sizes
+}
+
+// learnSlotSizes remembers the size of each slot, by KEK URI.
+func (e *Encrypter) learnSlotSizes(slots []format.Slot) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.slotSizes == nil {
+		e.slotSizes = map[string]int{}
+	}
+	for _, s := range slots {
+		if len(e.slotSizes) < MaxSlots*4 || e.slotSizes[s.URI] != 0 {
+			e.slotSizes[s.URI] = s.Size()
+		}
+	}
 }
 
 // dataKey returns a DEK for a new stream: a fresh one, or with DataKeyReuse
-// a copy of the shared one, which it renews when a limit is reached. The
-// caller clears the DEK.
+// a copy of the shared one. No lock is held across a KMS call: the shared
+// DEK's successors are wrapped ahead, on the goroutine of the caller that
+// finds the current one half spent, while the others go on with the current
+// one; a caller that finds no DEK left waits for one, or for its context to
+// end. The caller clears the DEK.
 func (e *Encrypter) dataKey(ctx context.Context, pairs []format.Pair, size int64) ([]byte, *sharedKey, error) {
 	fresh := func() ([]byte, error) {
 		dek := make([]byte, stream.KeySize)
@@ -270,41 +392,117 @@ func (e *Encrypter) dataKey(ctx context.Context, pairs []format.Pair, size int64
 		dek, err := fresh()
 		return dek, nil, err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	ahead := e.Reuse.ahead()
 	now := time.Now
 	if e.now != nil {
 		now = e.now
 	}
-	k := e.shared
-	if k == nil || k.streams >= maxStreams || now().Sub(k.created) >= maxAge || k.bytes >= maxBytes ||
-		size > 0 && k.bytes+size > maxBytes && k.streams > 0 {
-		if k != nil {
+	spent := func(k *sharedKey) bool {
+		return k.streams >= maxStreams || now().Sub(k.created) >= maxAge || k.bytes >= maxBytes ||
+			size > 0 && k.bytes+size > maxBytes && k.streams > 0
+	}
+	e.mu.Lock()
+	for {
+		// Retire a spent DEK and put the next one ready in its place.
+		for e.shared == nil || spent(e.shared) {
+			if e.shared != nil {
+				clear(e.shared.dek)
+				e.shared = nil
+			}
+			if len(e.ready) == 0 {
+				break
+			}
+			e.shared, e.ready = e.ready[0], e.ready[1:]
+			e.shared.created = now()
+			e.dry = false
+		}
+		if k := e.shared; k != nil {
+			e.served = true
+			k.streams++
+			if size > 0 {
+				k.bytes += size
+			}
+			dek := slices.Clone(k.dek)
+			renew := 2*k.streams >= maxStreams && len(e.ready)+e.renewing < max(e.depth, 1)
+			if renew {
+				e.renewing++
+			}
+			gen := e.generation
+			e.mu.Unlock()
+			if renew {
+				// Wrap the next DEK ahead. Its failure is not this stream's:
+				// the next caller to find the DEK half spent tries again.
+				_ = e.renew(ctx, pairs, gen, fresh)
+			}
+			return dek, k, nil
+		}
+		// The DEKs wrapped ahead did not last until the next was ready:
+		// wrap one more ahead from now on, up to Ahead.
+		if e.served && !e.dry {
+			e.dry = true
+			e.depth = min(max(e.depth, 1)+1, ahead)
+		}
+		if e.renewing < ahead {
+			e.renewing++
+			gen := e.generation
+			e.mu.Unlock()
+			if err := e.renew(ctx, pairs, gen, fresh); err != nil {
+				return nil, nil, err
+			}
+			e.mu.Lock()
+			continue
+		}
+		// Every renewal allowed is in flight: wait for one to end.
+		if e.renewed == nil {
+			e.renewed = make(chan struct{})
+		}
+		wait := e.renewed
+		e.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		e.mu.Lock()
+	}
+}
+
+// renew wraps a new shared DEK under every KEK, without holding e.mu, and
+// adds it to the ready ones, unless ClearDataKey was called meanwhile
+// (gen tells). The caller has counted it in e.renewing. Whatever the
+// outcome, the callers waiting for a DEK are woken.
+func (e *Encrypter) renew(ctx context.Context, pairs []format.Pair, gen uint64, fresh func() ([]byte, error)) (err error) {
+	var k *sharedKey
+	defer func() {
+		e.mu.Lock()
+		e.renewing--
+		if k != nil && gen == e.generation {
+			e.ready = append(e.ready, k)
+		} else if k != nil {
 			clear(k.dek)
-			e.shared = nil
 		}
-		dek, err := fresh()
-		if err != nil {
-			return nil, nil, err
+		if e.renewed != nil {
+			close(e.renewed)
+			e.renewed = nil
 		}
-		encCtx, err := format.EncodeContext(pairs)
-		if err != nil {
-			clear(dek)
-			return nil, nil, fmt.Errorf("envelope: %w", err)
-		}
-		slots, err := wrapAll(ctx, e.KEKs, dek, func(uri string) []byte { return sharedSlotAAD(encCtx, uri) }, format.AADRecipeShared)
-		if err != nil {
-			clear(dek)
-			return nil, nil, err
-		}
-		k = &sharedKey{dek: dek, slots: slots, created: now()}
-		e.shared = k
+		e.mu.Unlock()
+	}()
+	dek, err := fresh()
+	if err != nil {
+		return err
 	}
-	k.streams++
-	if size > 0 {
-		k.bytes += size
+	encCtx, err := format.EncodeContext(pairs)
+	if err != nil {
+		clear(dek)
+		return fmt.Errorf("envelope: %w", err)
 	}
-	return slices.Clone(k.dek), k, nil
+	slots, err := wrapAll(ctx, e.tel.get(e.Telemetry), e.KEKs, dek, func(uri string) []byte { return sharedSlotAAD(encCtx, uri) }, format.AADRecipeShared)
+	if err != nil {
+		clear(dek)
+		return err
+	}
+	k = &sharedKey{dek: dek, slots: slots}
+	return nil
 }
 
 // countBytes adds the plaintext of a stream of unknown size to the shared
@@ -315,22 +513,28 @@ func (e *Encrypter) countBytes(k *sharedKey, n int64) {
 	e.mu.Unlock()
 }
 
-// ClearDataKey zeroes and forgets the DEK kept for reuse, if any; the next
-// stream gets a new one.
+// ClearDataKey zeroes and forgets the DEKs kept for reuse, the one in use
+// and those wrapped ahead, if any; the next stream gets a new one. A DEK
+// whose wrapping is in flight is zeroed and dropped when it returns.
 func (e *Encrypter) ClearDataKey() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.generation++
 	if e.shared != nil {
 		clear(e.shared.dek)
 		e.shared = nil
 	}
+	for _, k := range e.ready {
+		clear(k.dek)
+	}
+	e.ready = nil
 }
 
 // wrapAll wraps dek under every KEK at once, one slot each, with the
 // associated data aad gives for each URI. A KEK that panics makes wrapAll
 // panic with the same value, on the caller's goroutine, once every KEK has
 // returned.
-func wrapAll(ctx context.Context, keks []kms.KEK, dek []byte, aad func(uri string) []byte, recipe uint8) ([]format.Slot, error) {
+func wrapAll(ctx context.Context, ins *instruments, keks []kms.KEK, dek []byte, aad func(uri string) []byte, recipe uint8) ([]format.Slot, error) {
 	slots := make([]format.Slot, len(keks))
 	errs := make([]error, len(keks))
 	panics := make([]any, len(keks))
@@ -345,7 +549,11 @@ func wrapAll(ctx context.Context, keks []kms.KEK, dek []byte, aad func(uri strin
 				}
 			}()
 			uri := kek.URI()
-			w, err := kek.Wrap(ctx, dek, aad(uri))
+			var w kms.WrappedKey
+			err := ins.kmsCall(ctx, "wrap", uri, func(ctx context.Context) (err error) {
+				w, err = kek.Wrap(ctx, dek, aad(uri))
+				return err
+			})
 			if err != nil {
 				errs[i] = fmt.Errorf("wrapping the data key: %w", err)
 				return
@@ -407,6 +615,7 @@ type Writer struct {
 	done bool  // Close or Abort was called
 	// onClose, if set, learns the plaintext size at Close or Abort.
 	onClose func(n int64)
+	ins     *instruments
 }
 
 // ctxWriter fails writes once the context it points to is done.
@@ -514,6 +723,9 @@ func (w *Writer) Close() error {
 		w.sw.Abort(w.err)
 	} else {
 		w.err = w.sw.Close()
+	}
+	if w.err == nil {
+		w.ins.count(sealedCounter, w.n)
 	}
 	w.finish()
 	return w.err

@@ -146,7 +146,8 @@ func ExampleInspect() {
 	fmt.Println("algorithm:", h.Algorithm)
 	fmt.Println("chunk size:", h.ChunkSize)
 	fmt.Println("plaintext size:", h.PlaintextSize)
-	fmt.Println("slot table:", h.SlotTableSize, "bytes, sequence", h.SlotTableSequence)
+	// A file under SmallFileSize gets slot tables sized to its slots.
+	fmt.Println("small slot table:", h.SlotTableSize < envelope.DefaultSlotTableSize, "sequence", h.SlotTableSequence)
 	fmt.Println("context:", h.Context)
 	for i, s := range h.Slots {
 		fmt.Printf("slot %d: %s KEK, version recorded: %v, wrapped DEK: %d bytes\n",
@@ -157,7 +158,7 @@ func ExampleInspect() {
 	// algorithm: AES-256-GCM, HKDF-SHA-256, key-committing
 	// chunk size: 65536
 	// plaintext size: 100000
-	// slot table: 2048 bytes, sequence 1
+	// small slot table: true sequence 1
 	// context: map[purpose:backup tenant:acme]
 	// slot 0: local KEK, version recorded: true, wrapped DEK: 65 bytes
 }

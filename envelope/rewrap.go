@@ -51,6 +51,9 @@ type RewrapOptions struct {
 	// each distinct shared wrapped DEK is rewrapped once for all the files
 	// that hold it. Nil asks the KMS for every file.
 	Cache *RewrapCache
+	// Telemetry receives spans and metrics of the KMS calls; nil means
+	// OpenTelemetry's global providers.
+	Telemetry *Telemetry
 }
 
 // RewrapCache lets the rewraps of a batch of files share their KMS calls.
@@ -237,7 +240,7 @@ func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, er
 	if err != nil {
 		return nil, err
 	}
-	rw := &rewrapper{ctx: ctx, h: h, opts: opts}
+	rw := &rewrapper{ctx: ctx, h: h, opts: opts, ins: newInstruments(opts.Telemetry)}
 	defer clear(rw.dek)
 	slots, changes, err := rw.plan()
 	if err != nil {
@@ -329,6 +332,9 @@ func withLock(ctx context.Context, f *os.File, fn func() error) error {
 // copy, and syncs (FORMAT.md §3.3).
 func writeTable(f File, h *format.Header, t *format.SlotTable) error {
 	enc, err := t.Marshal(h.Core.SlotTableSize)
+	if errors.Is(err, format.ErrSlotTableFull) {
+		return fmt.Errorf("envelope: %w; the file's slot tables are fixed at its encryption (a small file's hold its slots and room for their rotation only, see SmallFileSize): decrypt and encrypt it again, with Encrypter.SlotTableSize for room for more slots", err)
+	}
 	if err != nil {
 		return fmt.Errorf("envelope: %w", err)
 	}
@@ -348,12 +354,13 @@ type rewrapper struct {
 	h    *format.Header
 	opts *RewrapOptions
 	dek  []byte // unwrapped on demand
+	ins  *instruments
 }
 
 // getDEK unwraps the DEK through any slot, authenticating the header.
 func (rw *rewrapper) getDEK() ([]byte, error) {
 	if rw.dek == nil {
-		dek, _, _, err := openSlots(rw.ctx, rw.h, rw.opts.Keyring, nil, nil)
+		dek, _, _, err := openSlots(rw.ctx, rw.ins, rw.h, rw.opts.Keyring, nil, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -374,7 +381,11 @@ func (rw *rewrapper) wrap(kek kms.KEK) (format.Slot, error) {
 	if err != nil {
 		return format.Slot{}, err
 	}
-	w, err := kek.Wrap(rw.ctx, dek, slotAAD(rw.h.CoreBytes, kek.URI()))
+	var w kms.WrappedKey
+	err = rw.ins.kmsCall(rw.ctx, "wrap", kek.URI(), func(ctx context.Context) (err error) {
+		w, err = kek.Wrap(ctx, dek, slotAAD(rw.h.CoreBytes, kek.URI()))
+		return err
+	})
 	if err != nil {
 		return format.Slot{}, fmt.Errorf("wrapping the data key: %w", err)
 	}
@@ -487,7 +498,7 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 		p.put(s, c)
 		return nil
 	}
-	current, err := rw.opts.Cache.currentVersion(rw.ctx, s.URI, vr)
+	current, err := rw.opts.Cache.currentVersion(rw.ctx, s.URI, telVersions{vr, rw.ins})
 	if err != nil {
 		return err
 	}
@@ -507,7 +518,7 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 		if err != nil {
 			return err
 		}
-		w, err := rw.opts.Cache.rewrap(rw.ctx, &s, aad, r)
+		w, err := rw.opts.Cache.rewrap(rw.ctx, &s, aad, telRewrapper{r, rw.ins})
 		if err != nil {
 			return fmt.Errorf("rewrapping the data key: %w", err)
 		}
@@ -582,4 +593,32 @@ func SaveRewrapped(ctx context.Context, path string, opened OpenedSlot) error {
 		slots[i].KeyVersion, slots[i].Wrapped = opened.Rewrapped.KeyVersion, opened.Rewrapped.Ciphertext
 		return writeTable(f, h, &format.SlotTable{Sequence: t.Sequence + 1, Slots: slots})
 	})
+}
+
+// telVersions and telRewrapper put a KEK's version and rewrap calls under
+// telemetry, below the batch cache: what the cache answers is no KMS call.
+type telVersions struct {
+	kms.VersionReporter
+	ins *instruments
+}
+
+func (t telVersions) CurrentVersion(ctx context.Context) (v string, err error) {
+	err = t.ins.kmsCall(ctx, "current_version", t.URI(), func(ctx context.Context) (err error) {
+		v, err = t.VersionReporter.CurrentVersion(ctx)
+		return err
+	})
+	return v, err
+}
+
+type telRewrapper struct {
+	kms.Rewrapper
+	ins *instruments
+}
+
+func (t telRewrapper) Rewrap(ctx context.Context, wrapped, aad []byte) (w kms.WrappedKey, err error) {
+	err = t.ins.kmsCall(ctx, "rewrap", t.URI(), func(ctx context.Context) (err error) {
+		w, err = t.Rewrapper.Rewrap(ctx, wrapped, aad)
+		return err
+	})
+	return w, err
 }

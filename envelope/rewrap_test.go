@@ -58,7 +58,8 @@ func (e *kpEnv) keyring() *ResolvingKeyring {
 func encryptFile(t *testing.T, dir, name string, n int, keks ...kms.KEK) (string, []byte) {
 	t.Helper()
 	pt := testPlaintext(n)
-	ct, err := (&Encrypter{KEKs: keks, ChunkSize: 4096}).Seal(context.Background(), pt)
+	// The default room of a large file, for the slots the tests add.
+	ct, err := (&Encrypter{KEKs: keks, ChunkSize: 4096, SlotTableSize: DefaultSlotTableSize}).Seal(context.Background(), pt)
 	if err != nil {
 		t.Fatal(err)
 	}

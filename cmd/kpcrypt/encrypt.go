@@ -91,7 +91,11 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	}
 	defer o.abort()
 
-	e := &envelope.Encrypter{ChunkSize: chunkSize, Context: encCtx, Compression: envelope.Compression(*compress)}
+	// Files made by the command keep room for slots added later (rewrap
+	// --add rewrites only the slot tables), whatever their size: the
+	// library's smaller tables for small files are for pipelines.
+	e := &envelope.Encrypter{ChunkSize: chunkSize, Context: encCtx, Compression: envelope.Compression(*compress),
+		SlotTableSize: envelope.DefaultSlotTableSize}
 	kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
 	defer cancel()
 	for _, uri := range keks {

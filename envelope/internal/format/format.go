@@ -365,6 +365,13 @@ func (t *SlotTable) Marshal(size int) ([]byte, error) {
 	return append(out, sum[:]...), nil
 }
 
+// TableOverhead is what a slot table takes besides its slots: magic,
+// sequence, slot count and checksum.
+const TableOverhead = tableFixedSize + checksumSize
+
+// Size returns the bytes the slot takes in a slot table.
+func (s *Slot) Size() int { return slotFixedSize + len(s.URI) + len(s.KeyVersion) + len(s.Wrapped) }
+
 // Room returns how many bytes of the table of the given size t leaves free.
 func (t *SlotTable) Room(size int) int {
 	used := tableFixedSize + checksumSize
