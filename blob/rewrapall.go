@@ -1,7 +1,9 @@
 package blob
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -123,4 +125,74 @@ func forEach(n, jobs int, fn func(int)) {
 		})
 	}
 	wg.Wait()
+}
+
+// ScanAll checks, as batch.Scan does for files, the key slots of every
+// object whose key starts with prefix, header objects ([IsHeaderKey])
+// passed over, at most opts.Jobs at once, each within opts.FileTimeout if it
+// is positive. Attached and detached objects alike are read (a detached
+// object's slots from its newest header object whose core is the body's);
+// nothing is written, and no KMS call is made but the version questions of
+// opts.Versions, at most one of each kind per KEK. It returns one
+// [batch.ScanResult] per object, in the bucket's order, with Path the
+// object's key; an object that cannot be read (not a kpcrypt file, no
+// header object, a cancelled ctx) has Err set.
+//
+// Its error is the listing's: then nothing was scanned and the results are
+// nil.
+func ScanAll(ctx context.Context, b *blob.Bucket, prefix string, opts *batch.ScanOptions) ([]batch.ScanResult, error) {
+	keys, err := listObjects(ctx, b, prefix)
+	if err != nil {
+		return nil, err
+	}
+	results := make([]batch.ScanResult, len(keys))
+	forEach(len(keys), opts.Jobs, func(i int) {
+		octx, cancel := objectContext(ctx, opts.FileTimeout)
+		defer cancel()
+		results[i] = scanObject(octx, b, keys[i], opts)
+	})
+	return results, nil
+}
+
+func scanObject(ctx context.Context, b *blob.Bucket, key string, opts *batch.ScanOptions) batch.ScanResult {
+	r := batch.ScanResult{Path: key}
+	if r.Err = ctx.Err(); r.Err != nil {
+		return r
+	}
+	if r.Header, r.Err = inspect(ctx, b, key); r.Err != nil {
+		return r
+	}
+	for j, s := range r.Header.Slots {
+		c := batch.SlotScan{Index: j}
+		switch {
+		case opts.BelowVersion == "":
+			c.Outdated, c.Err = opts.Versions.Outdated(ctx, s)
+		case s.KEK != opts.BelowKEK:
+			continue // another KEK's slot: not in question
+		default:
+			c.Outdated, c.Err = opts.Versions.Below(ctx, s, opts.BelowVersion)
+		}
+		r.Slots = append(r.Slots, c)
+	}
+	return r
+}
+
+// inspect reads the header of the object at key, attached or detached, as
+// envelope.Inspect does.
+func inspect(ctx context.Context, b *blob.Bucket, key string) (*envelope.Header, error) {
+	h, err := readHead(ctx, b, key, DefaultHeaderReadSize)
+	if err != nil {
+		return nil, err
+	}
+	hdr := h.buf[:h.l.headerSize]
+	if h.l.isDetached(hdr) {
+		if hdr, _, _, err = findHeader(ctx, b, key, h.buf[:h.l.coreSize]); err != nil {
+			return nil, err
+		}
+	}
+	info, err := envelope.Inspect(bytes.NewReader(hdr))
+	if err != nil {
+		return nil, fmt.Errorf("blob: %q: %w", key, err)
+	}
+	return info, nil
 }

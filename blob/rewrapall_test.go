@@ -49,25 +49,14 @@ func (k *kp) kek(t *testing.T, name string) *keyprotect.KEK {
 	return kek.(*keyprotect.KEK)
 }
 
-// objectHeader returns the header of the object at key, attached or
-// detached, as envelope.Inspect reads it.
+// objectHeader returns the header of the object at key.
 func objectHeader(t *testing.T, ctx context.Context, b *blob.Bucket, key string) *envelope.Header {
 	t.Helper()
-	h, err := readHead(ctx, b, key, DefaultHeaderReadSize)
+	h, err := inspect(ctx, b, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hdr := h.buf[:h.l.headerSize]
-	if h.l.isDetached(hdr) {
-		if hdr, _, _, err = findHeader(ctx, b, key, h.buf[:h.l.coreSize]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	info, err := envelope.Inspect(bytes.NewReader(hdr))
-	if err != nil {
-		t.Fatalf("%s: %v", key, err)
-	}
-	return info
+	return h
 }
 
 // wrappedDEKs returns the distinct (KEK, version, wrapped DEK) of the
@@ -88,7 +77,8 @@ func wrappedDEKs(t *testing.T, ctx context.Context, b *blob.Bucket, keys []strin
 // object outside the prefix, rotates both KEKs, and rewraps the prefix:
 // each distinct wrapped DEK costs one KMS rewrap and each KEK one version
 // question, every detached object is rewrapped and opens, and the others
-// under the prefix are reported failed, not skipped.
+// under the prefix are reported failed, not skipped. ScanAll finds the
+// objects outdated before and current after, for a version question per KEK.
 func TestRewrapAllSharedDEKs(t *testing.T) {
 	ctx := context.Background()
 	s3b, _ := s3Bucket(t)
@@ -128,6 +118,37 @@ func TestRewrapAllSharedDEKs(t *testing.T) {
 				if _, err := k.Rotate(ctx); err != nil {
 					t.Fatal(err)
 				}
+			}
+
+			// The scan finds every object under the prefix outdated, for
+			// one version question per KEK, and the other file unreadable.
+			env.srv.ResetStats()
+			scan := func() map[string]batch.ScanResult {
+				t.Helper()
+				res, err := ScanAll(ctx, b, "day/", &batch.ScanOptions{Versions: batch.NewVersions(envelope.KEKs{k1, k2}), Jobs: 4})
+				if err != nil || len(res) != len(keys)+2 {
+					t.Fatalf("ScanAll: %d results, %v", len(res), err)
+				}
+				m := map[string]batch.ScanResult{}
+				for _, r := range res {
+					m[r.Path] = r
+				}
+				if r := m["day/notes.txt"]; !errors.Is(r.Err, envelope.ErrInvalidHeader) {
+					t.Fatalf("scan of day/notes.txt: %v", r.Err)
+				}
+				if r := m["day/attached"]; !r.Complete() || !r.Outdated() {
+					t.Fatalf("scan of day/attached: complete %v, outdated %v, %v", r.Complete(), r.Outdated(), r.Err)
+				}
+				return m
+			}
+			scanned := scan()
+			for _, key := range keys {
+				if r := scanned[key]; !r.Complete() || !r.Outdated() {
+					t.Fatalf("scan of %s before the rewrap: complete %v, outdated %v, %v", key, r.Complete(), r.Outdated(), r.Err)
+				}
+			}
+			if st := env.srv.Stats(); st.Requests != 2 {
+				t.Fatalf("%d KMS calls for a scan, want 2", st.Requests)
 			}
 
 			env.srv.ResetStats()
@@ -185,6 +206,13 @@ func TestRewrapAllSharedDEKs(t *testing.T) {
 			}
 			if seqs, err := listHeaders(ctx, b, "other/part"); err != nil || len(seqs) != 1 || seqs[0] != 1 {
 				t.Fatalf("the object outside the prefix was touched: %v, %v", seqs, err)
+			}
+
+			scanned = scan()
+			for _, key := range keys {
+				if r := scanned[key]; !r.Complete() || r.Outdated() {
+					t.Fatalf("scan of %s after the rewrap: complete %v, outdated %v, %v", key, r.Complete(), r.Outdated(), r.Err)
+				}
 			}
 
 			// Again: every detached object is current, for a version
