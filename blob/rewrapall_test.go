@@ -311,32 +311,48 @@ func TestRewrapAllJobsBound(t *testing.T) {
 	}
 }
 
-// TestRewrapAllCancelled: a cancelled context fails every object, writes
-// nothing, and the listing's error is returned as such.
+// TestRewrapAllCancelled: once ctx is cancelled, the objects not yet done
+// fail with its error and are not written to; with nil options (no keyring)
+// nothing can be checked, and every object says so.
 func TestRewrapAllCancelled(t *testing.T) {
 	b := memblob.OpenBucket(nil)
 	t.Cleanup(func() { b.Close() })
 	a := newKEK(t, "a.json")
 	ctx := context.Background()
-	put(t, ctx, b, "x", &envelope.Encrypter{KEKs: []kms.KEK{a}, ChunkSize: 4096}, []byte("x"), true)
+	e := &envelope.Encrypter{KEKs: []kms.KEK{a}, ChunkSize: 4096}
+	for _, key := range []string{"x/0", "x/1", "x/2"} {
+		put(t, ctx, b, key, e, []byte(key), true)
+	}
+	bk := newKEK(t, "b.json")
 	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	results, err := RewrapAll(cctx, b, "", &RewrapAllOptions{Options: envelope.RewrapOptions{Keyring: envelope.KEKs{a}}})
-	if err == nil {
-		// A listing may or may not look at ctx; if it did not, the object
-		// must have failed with it.
-		if len(results) != 1 || results[0].Status != batch.Failed || !errors.Is(results[0].Err, context.Canceled) {
-			t.Fatalf("results %+v", results)
+	defer cancel()
+	// One job: the first object is done, and Done called, before the
+	// second starts.
+	results, err := RewrapAll(cctx, b, "x/", &RewrapAllOptions{
+		Options: envelope.RewrapOptions{Keyring: envelope.KEKs{a}, To: []kms.KEK{bk}}, Jobs: 1,
+		Done: func(batch.Result) { cancel() }})
+	if err != nil || len(results) != 3 {
+		t.Fatalf("RewrapAll: %d results, %v", len(results), err)
+	}
+	if r := results[0]; r.Path != "x/0" || r.Status != batch.Rewrapped {
+		t.Fatalf("%s: %v %v", r.Path, r.Status, r.Err)
+	}
+	for _, r := range results[1:] {
+		if r.Status != batch.Failed || !errors.Is(r.Err, context.Canceled) || r.Rewrap != nil {
+			t.Fatalf("%s: %v %v", r.Path, r.Status, r.Err)
 		}
-	} else if !errors.Is(err, context.Canceled) || results != nil {
-		t.Fatalf("RewrapAll: %v, %+v", err, results)
+		if seqs, err := listHeaders(ctx, b, r.Path); err != nil || len(seqs) != 1 || seqs[0] != 1 {
+			t.Fatalf("%s: header objects %v, %v; want [1]", r.Path, seqs, err)
+		}
 	}
-	if seqs, err := listHeaders(ctx, b, "x"); err != nil || len(seqs) != 1 || seqs[0] != 1 {
-		t.Fatalf("header objects %v, %v; want [1]", seqs, err)
+
+	results, err = RewrapAll(ctx, b, "", nil)
+	if err != nil || len(results) != 3 {
+		t.Fatalf("RewrapAll: %d results, %v", len(results), err)
 	}
-	// Empty prefix, nil options: one result, the local KEK is current.
-	results, err = RewrapAll(ctx, b, "", &RewrapAllOptions{Options: envelope.RewrapOptions{Keyring: envelope.KEKs{a}}})
-	if err != nil || len(results) != 1 || results[0].Path != "x" || results[0].Status == batch.Failed {
-		t.Fatalf("RewrapAll: %+v, %v", results, err)
+	for _, r := range results {
+		if r.Status != batch.NotChecked || r.Err != nil {
+			t.Fatalf("%s with no keyring: %v %v", r.Path, r.Status, r.Err)
+		}
 	}
 }
