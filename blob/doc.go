@@ -24,7 +24,10 @@
 // object (the upload is aborted by cancelling its context, as
 // gocloud.dev/blob specifies). [NewReader] decrypts an object in order, and
 // [NewReaderAt] at random offsets over ranged reads. Both find out the layout
-// by themselves.
+// by themselves. [RewrapAll] rewraps every detached object under a prefix,
+// with bounded concurrency and one KMS rewrap per shared data key, and
+// [ScanAll] finds those with outdated key slots; both report per object with
+// the types of package envelope/batch.
 //
 // # Requests
 //
