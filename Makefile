@@ -4,7 +4,7 @@
 GO       ?= go
 FUZZTIME ?= 30s
 # Modules kept apart so that their dependencies never reach the library's.
-SUBMODULES := $(wildcard interop/go.mod benchmarks/go.mod blob/go.mod examples/beam/go.mod)
+SUBMODULES := $(wildcard interop/go.mod benchmarks/go.mod blob/go.mod examples/beam/go.mod examples/otel/go.mod)
 # Submodules whose tests run without the race detector: Apache Beam's SDK
 # is too large to build with it in reasonable time. They are still vetted.
 NORACE := examples/beam/
