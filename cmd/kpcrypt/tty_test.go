@@ -164,3 +164,35 @@ func TestInterruptExits130(t *testing.T) {
 	}
 	mustNotExist(t, filepath.Join(dir, "out.kpc"))
 }
+
+// An interrupted decrypt leaves nothing at OUT: no plaintext prefix.
+func TestDecryptInterruptedLeavesNothing(t *testing.T) {
+	dir, _ := setup(t, 2<<20)
+	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "-o", "f.kpc", "plain.bin").expect(t, 0)
+	ct := readFile(t, filepath.Join(dir, "f.kpc"))
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(kpcryptBin, "decrypt", "--kek", "local:kek.json", "-o", "out")
+	cmd.Dir, cmd.Stdin = dir, pr
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pr.Close()
+	// Past a pipe's buffer, the command is decrypting: then interrupt it,
+	// with half the file sent and the pipe left open.
+	if _, err := pw.Write(ct[:len(ct)/2]); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	pw.Close()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("exit %v, want 130; stderr %s", err, stderr.Bytes())
+	}
+	mustNotExist(t, filepath.Join(dir, "out"))
+}
