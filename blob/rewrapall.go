@@ -60,7 +60,7 @@ func RewrapAll(ctx context.Context, b *blob.Bucket, prefix string, opts *RewrapA
 	}
 	results := make([]batch.Result, len(keys))
 	var mu sync.Mutex
-	forEach(len(keys), opts.Jobs, func(i int) {
+	batch.ForEach(len(keys), opts.Jobs, func(i int) {
 		r := batch.Result{Path: keys[i]}
 		octx, cancel := objectContext(ctx, opts.ObjectTimeout)
 		if r.Err = octx.Err(); r.Err == nil {
@@ -111,22 +111,6 @@ func objectContext(ctx context.Context, d time.Duration) (context.Context, conte
 	return context.WithCancel(ctx)
 }
 
-// forEach runs fn(0) … fn(n-1), at most jobs at once, and returns when all
-// have returned.
-func forEach(n, jobs int, fn func(int)) {
-	jobs = max(jobs, 1)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, jobs)
-	for i := range n {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			fn(i)
-		})
-	}
-	wg.Wait()
-}
-
 // ScanAll checks, as batch.Scan does for files, the key slots of every
 // object whose key starts with prefix, header objects ([IsHeaderKey])
 // passed over, at most opts.Jobs at once, each within opts.FileTimeout if it
@@ -146,7 +130,7 @@ func ScanAll(ctx context.Context, b *blob.Bucket, prefix string, opts *batch.Sca
 		return nil, err
 	}
 	results := make([]batch.ScanResult, len(keys))
-	forEach(len(keys), opts.Jobs, func(i int) {
+	batch.ForEach(len(keys), opts.Jobs, func(i int) {
 		octx, cancel := objectContext(ctx, opts.FileTimeout)
 		defer cancel()
 		results[i] = scanObject(octx, b, keys[i], opts)

@@ -108,7 +108,7 @@ func Rewrap(ctx context.Context, files *Files, opts *RewrapOptions) []Result {
 	}
 	results := make([]Result, files.Len())
 	var mu sync.Mutex
-	forEach(files.Len(), opts.Jobs, func(i int) {
+	ForEach(files.Len(), opts.Jobs, func(i int) {
 		r := Result{Path: files.Path(i)}
 		fctx, cancel := fileContext(ctx, opts.FileTimeout)
 		r.Rewrap, r.Err = rewrapOne(fctx, files, i, &o)
@@ -145,9 +145,11 @@ func fileContext(ctx context.Context, d time.Duration) (context.Context, context
 	return context.WithCancel(ctx)
 }
 
-// forEach runs fn(0) … fn(n-1), at most jobs at once, and returns when all
-// have returned.
-func forEach(n, jobs int, fn func(int)) {
+// ForEach runs fn(0) … fn(n-1), at most jobs at once (at least one), and
+// returns when all have returned: the bounded concurrency of this
+// package's batches, for callers that batch other things (objects in a
+// bucket, say).
+func ForEach(n, jobs int, fn func(int)) {
 	jobs = max(jobs, 1)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, jobs)

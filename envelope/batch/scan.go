@@ -188,7 +188,7 @@ func (r *ScanResult) Complete() bool {
 // kind per KEK. It returns one result per file, in the order of files.
 func Scan(ctx context.Context, files *Files, opts *ScanOptions) []ScanResult {
 	results := make([]ScanResult, files.Len())
-	forEach(files.Len(), opts.Jobs, func(i int) {
+	ForEach(files.Len(), opts.Jobs, func(i int) {
 		fctx, cancel := fileContext(ctx, opts.FileTimeout)
 		defer cancel()
 		results[i] = scanOne(fctx, files, i, opts)

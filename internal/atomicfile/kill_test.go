@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/kpcrypt/kpcrypt/internal/filelock"
 )
 
 // The helper process is this test binary run again with helperEnv set: it
@@ -191,7 +191,7 @@ func TestLiveWriterKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	if err := flock(h, unix.LOCK_EX); err != nil {
+	if err := filelock.Lock(t.Context(), h, true); err != nil {
 		t.Fatal(err)
 	}
 	stale := filepath.Join(dir, ".stale"+tmpInfix+"fedcba9876543210")

@@ -3,46 +3,27 @@
 package atomicfile
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/kpcrypt/kpcrypt/internal/filelock"
 )
 
 // holdOpen: a temporary file stays open, and so locked, as long as its
 // name exists.
 const holdOpen = true
 
-// flock applies the flock(2) operation how to f.
-func flock(f *os.File, how int) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			if ferr = unix.Flock(int(fd), how); ferr != unix.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return err
-	}
-	if ferr != nil {
-		return &fs.PathError{Op: "flock", Path: f.Name(), Err: ferr}
-	}
-	return nil
-}
-
 // lockNew locks exclusively the temporary file f just created at path, for
 // as long as f is open, and reports whether path still names it: a
 // concurrent removeStale may have taken the lock and removed the file
 // between its creation and this lock.
 func lockNew(f *os.File, path string) (bool, error) {
-	if err := flock(f, unix.LOCK_EX); err != nil {
+	// Only a concurrent removeStale, holding the lock for an instant,
+	// can make this wait.
+	if err := filelock.Lock(context.Background(), f, true); err != nil {
 		return false, err
 	}
 	fi, err := f.Stat()
@@ -80,7 +61,7 @@ func removeIfStale(path string) {
 	if ofi, err := f.Stat(); err != nil || !os.SameFile(fi, ofi) {
 		return
 	}
-	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if ok, err := filelock.TryLock(f, true); !ok || err != nil {
 		return // a live writer's, or no lock to be had
 	}
 	// Still the file locked: remove it while holding the lock.

@@ -1,10 +1,12 @@
 package atomicfile
 
 import (
+	"context"
 	"io/fs"
 	"os"
 	"strconv"
 
+	"github.com/kpcrypt/kpcrypt/internal/filelock"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,7 +36,7 @@ func openUnnamed(dir, name string, perm fs.FileMode) (*os.File, error) {
 		f.Close()
 		return nil, &fs.PathError{Op: "stat", Path: procPath(fd), Err: fs.ErrNotExist}
 	}
-	if err := flock(f, unix.LOCK_EX); err != nil {
+	if err := filelock.Lock(context.Background(), f, true); err != nil { // a new, unnamed file: no one else holds it
 		f.Close()
 		return nil, err
 	}

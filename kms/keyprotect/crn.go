@@ -100,5 +100,17 @@ func ParseInstanceCRN(s string) (CRN, error) {
 	return c, nil
 }
 
+// ValidRegion reports whether s may be a region of a CRN, as [ParseCRN]
+// reads it: a lowercase DNS label such as us-south.
+func ValidRegion(s string) bool { return regionRE.MatchString(s) }
+
+// ValidInstanceID reports whether s may be a service instance's GUID: a
+// lowercase UUID.
+func ValidInstanceID(s string) bool { return uuidRE.MatchString(s) }
+
+// ValidKeyID reports whether s may be a key's ID in a CRN: a lowercase UUID
+// or a Key Protect alias.
+func ValidKeyID(s string) bool { return uuidRE.MatchString(s) || aliasRE.MatchString(s) }
+
 // String returns the CRN as it was parsed.
 func (c CRN) String() string { return c.raw }

@@ -60,10 +60,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -131,12 +129,6 @@ type Instance struct {
 // ErrInvalidConfig means a trust configuration is malformed.
 var ErrInvalidConfig = errors.New("invalid trust configuration")
 
-var (
-	regionRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$`)
-	uuidRE   = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-	aliasRE  = regexp.MustCompile(`^[A-Za-z0-9_-]{2,90}$`)
-)
-
 // Parse parses and validates a trust configuration. Unknown fields are
 // errors, so that a misspelt key never silently widens or narrows trust.
 func Parse(data []byte) (*Config, error) {
@@ -169,14 +161,14 @@ func Parse(data []byte) (*Config, error) {
 		if in.Service != keyprotect.KeyProtect && in.Service != keyprotect.HPCS {
 			return bad("instances[%d]: service must be kms or hs-crypto", i)
 		}
-		if !regionRE.MatchString(in.Region) {
+		if !keyprotect.ValidRegion(in.Region) {
 			return bad("instances[%d]: region must be a lowercase name such as us-south", i)
 		}
-		if !uuidRE.MatchString(in.InstanceID) {
+		if !keyprotect.ValidInstanceID(in.InstanceID) {
 			return bad("instances[%d]: instance_id must be the instance's GUID, in lowercase", i)
 		}
 		for j, k := range in.KeyIDs {
-			if !uuidRE.MatchString(k) && !aliasRE.MatchString(k) {
+			if !keyprotect.ValidKeyID(k) {
 				return bad("instances[%d].key_ids[%d]: not a key ID or alias", i, j)
 			}
 		}
@@ -212,14 +204,8 @@ func Parse(data []byte) (*Config, error) {
 		if kms.HasPINValue(u) {
 			return bad("pkcs11_keys[%d]: pin-value is not allowed here; use pin-source=FILE or KPCRYPT_PKCS11_PIN", i)
 		}
-		if _, err := pkcs11.ParseURI(u); err != nil {
-			return bad("pkcs11_keys[%d]: %v", i, err)
-		}
 		if _, _, err := pkcs11Identity(u); err != nil {
 			return bad("pkcs11_keys[%d]: %v", i, err)
-		}
-		if kms.HasPINValue(u) {
-			return bad("pkcs11_keys[%d]: pin-value is not allowed here; use pin-source=FILE or KPCRYPT_PKCS11_PIN", i)
 		}
 	}
 	return &c, nil
@@ -394,34 +380,16 @@ func (p *Policy) where() string {
 }
 
 // pkcs11Identity returns the token and object labels of a PKCS#11 URI,
-// percent-decoded. The error never repeats the URI.
+// as pkcs11.ParseURI reads them. The error never repeats the URI.
 func pkcs11Identity(uri string) (token, object string, err error) {
-	rest, ok := strings.CutPrefix(uri, "pkcs11:")
-	if !ok {
-		return "", "", errors.New("not a pkcs11: URI")
+	u, err := pkcs11.ParseURI(uri)
+	if err != nil {
+		return "", "", err
 	}
-	path, _, _ := strings.Cut(rest, "?")
-	var haveToken, haveObject bool
-	for _, attr := range strings.Split(path, ";") {
-		name, value, ok := strings.Cut(attr, "=")
-		if !ok {
-			continue
-		}
-		v, err := url.PathUnescape(value)
-		if err != nil {
-			return "", "", errors.New("a pkcs11: URI attribute has a bad percent-encoding")
-		}
-		switch name {
-		case "token":
-			token, haveToken = v, true
-		case "object":
-			object, haveObject = v, true
-		}
-	}
-	if !haveToken || !haveObject {
+	if u.Token == "" || u.Object == "" {
 		return "", "", errors.New("a pkcs11: URI needs token= and object=")
 	}
-	return token, object, nil
+	return u.Token, u.Object, nil
 }
 
 // checkStrictJSON refuses what encoding/json would let through silently:
