@@ -26,7 +26,12 @@ import (
 // [ErrConflict]. An object that needs no change is not written to.
 //
 // An attached object fails with [ErrNotDetached]: its slots cannot be
-// rewritten without uploading the object again.
+// rewritten without uploading the object again. So does a change whose slots
+// do not fit the object's slot table, with envelope.ErrSlotTableFull: the
+// table's size is in the core, which is in the body object. Objects that will
+// get more slots than they are written with (a small object's tables hold its
+// slots and room for their rotation) are written with an
+// envelope.Encrypter.SlotTableSize that leaves the room.
 func Rewrap(ctx context.Context, b *blob.Bucket, key string, opts *envelope.RewrapOptions) (*envelope.RewrapResult, error) {
 	return rewrap(ctx, b, key, opts, nil)
 }

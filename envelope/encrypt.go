@@ -300,9 +300,11 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 // Encrypter.SlotTableSize is zero, a file's slot tables are sized to the
 // slots it holds plus [SlotRotationRoom] bytes for each, rather than
 // [DefaultSlotTableSize]: enough for every slot to be rewrapped under a new
-// key version, not for a slot to be added. Adding a slot to such a file
-// fails with [ErrSlotTableFull]; re-encrypt it, or set
-// Encrypter.SlotTableSize for files that will get more slots.
+// key version in place, not for a slot to be added. Adding a slot to such a
+// file with [RewrapFile] or [RewrapPath] rewrites it whole, crash-safely,
+// with a larger table (FORMAT.md §3.3), which costs the file's size in I/O
+// and a wrap by each of its KEKs; [Rewrap] fails with [ErrSlotTableFull].
+// Set Encrypter.SlotTableSize for files that will get more slots.
 //
 // A slot takes 6 bytes plus its KEK URI, its key version and its wrapped
 // DEK. By backend, about:

@@ -45,6 +45,11 @@ var (
 	// of the file: it was opened from another file, or the file's slot has
 	// changed since.
 	ErrSlotMismatch = errors.New("the slot was not opened from this file, or has changed since")
+	// ErrFileReplaced means a file was replaced (renamed over) or removed
+	// while [RewrapFile] or [SaveRewrapped] waited for its lock: another
+	// rewrap rewrote it whole, with a larger slot table. [RewrapPath] and
+	// SaveRewrapped open the path again; a caller of RewrapFile does so.
+	ErrFileReplaced = errors.New("the file was replaced or removed while waiting for its lock")
 )
 
 // NoKEKError reports that no KEK opened any slot of a file. It matches

@@ -10,9 +10,11 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
 	"github.com/kpcrypt/kpcrypt/internal/filelock"
 	"github.com/kpcrypt/kpcrypt/kms"
 )
@@ -198,6 +200,11 @@ type RewrapResult struct {
 	// Repaired is set when the slots needed no change but one table copy
 	// was stale (left so by an interrupted rewrap) and was rewritten.
 	Repaired bool
+	// Rewritten is set when the new slots did not fit the file's slot
+	// table, so that [RewrapFile] or [RewrapPath] wrote the file anew with
+	// a larger table, its body copied unchanged (or, in a dry run, would:
+	// the size of a slot to be added is then estimated).
+	Rewritten bool
 }
 
 // Unchecked returns how many slots were left "unchecked": their KEK could
@@ -234,8 +241,20 @@ func (r *RewrapResult) AllCurrent() bool {
 // asked is not written to, and no KMS write operation is made for it
 // (unless an interrupted rewrap left a table copy stale, which is repaired).
 //
+// If the new slots do not fit the file's slot table (a slot added to a small
+// file, see [SmallFileSize]), Rewrap fails with [ErrSlotTableFull] and
+// writes nothing; [RewrapFile] and [RewrapPath] then rewrite the file whole.
+//
 // Rewrap does not lock the file; [RewrapFile] and [RewrapPath] do.
 func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, error) {
+	return rewrapIn(ctx, f, opts, nil)
+}
+
+// grower writes a file anew: header, then the old file's body from offset
+// bodyOffset, in place of the old file.
+type grower func(ctx context.Context, header []byte, bodyOffset int64) error
+
+func rewrapIn(ctx context.Context, f File, opts *RewrapOptions, grow grower) (*RewrapResult, error) {
 	h, err := format.ReadHeader(io.NewSectionReader(f, 0, MaxHeaderSize))
 	if err != nil {
 		return nil, err
@@ -252,10 +271,10 @@ func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, er
 			res.Changed = true
 		}
 	}
-	if opts.DryRun {
-		return res, nil
-	}
 	if !res.Changed {
+		if opts.DryRun {
+			return res, nil
+		}
 		// A rewrap interrupted after its first copy leaves the other copy
 		// stale: bring it up to date, so that no old slot lingers.
 		if stale := 1 - h.Active; h.Tables[stale] == nil || h.Tables[stale].Sequence != h.Table().Sequence {
@@ -274,23 +293,110 @@ func Rewrap(ctx context.Context, f File, opts *RewrapOptions) (*RewrapResult, er
 		return res, nil
 	}
 	res.Sequence++
-	if err := writeTable(f, h, &format.SlotTable{Sequence: res.Sequence, Slots: slots}); err != nil {
+	table := &format.SlotTable{Sequence: res.Sequence, Slots: slots}
+	if _, err := table.Marshal(h.Core.SlotTableSize); errors.Is(err, format.ErrSlotTableFull) && grow != nil {
+		res.Rewritten = true
+		if opts.DryRun {
+			return res, nil
+		}
+		header, err := rw.grownHeader(slots, res)
+		if err != nil {
+			return nil, err
+		}
+		if err := grow(ctx, header, h.Size()); err != nil {
+			return nil, err
+		}
+		return res, nil
+	}
+	if opts.DryRun {
+		return res, nil
+	}
+	if err := writeTable(f, h, table); err != nil {
 		return nil, err
 	}
 	return res, nil
 }
 
-// RewrapPath rewraps the file at path under an exclusive lock, so that
-// concurrent rewraps of one file take turns. It opens path as named,
-// following symlinks; to rewrap a file found by a directory walk, open it
-// safely and call [RewrapFile].
-func RewrapPath(ctx context.Context, path string, opts *RewrapOptions) (*RewrapResult, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+// grownHeader builds the header of the file rewritten with a slot table
+// large enough for slots: the same core but for its table size (so a new
+// MAC), and every per-file slot (recipe 1, bound to the core) wrapped anew
+// by its KEK; shared slots (recipe 2) are bound to the context alone and
+// kept. It updates res's slot changes to the versions that wrapped.
+func (rw *rewrapper) grownHeader(slots []format.Slot, res *RewrapResult) ([]byte, error) {
+	dek, err := rw.getDEK()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return RewrapFile(ctx, f, opts)
+	core := *rw.h.Core
+	sizes := make([]int, len(slots))
+	for i, s := range slots {
+		sizes[i] = s.Size()
+	}
+	size := smallTableSize(sizes)
+	if core.PlaintextSize < 0 || core.PlaintextSize >= SmallFileSize {
+		// A large file is costly to rewrite: leave room for more slots.
+		size = max(size, 2*core.SlotTableSize, DefaultSlotTableSize)
+	}
+	core.SlotTableSize = min(max(size, core.SlotTableSize), MaxSlotTableSize)
+	if core.MAC, err = headerMAC(dek, &core); err != nil {
+		return nil, fmt.Errorf("envelope: %w", err)
+	}
+	coreBytes, err := core.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("envelope: %w", err)
+	}
+	out := make([]format.Slot, len(slots))
+	for i, s := range slots {
+		if s.AADRecipe == format.AADRecipeShared {
+			out[i] = s
+			continue
+		}
+		kek := rw.keks[s.URI]
+		if kek == nil {
+			if kek, err = rw.holderOf(s, dek); kek == nil {
+				return nil, fmt.Errorf("envelope: the slots do not fit the slot table, and rewriting the file with a larger one needs every slot wrapped anew, but slot %s cannot be: %w", s.URI, err)
+			}
+		}
+		var w kms.WrappedKey
+		err = rw.ins.kmsCall(rw.ctx, "wrap", s.URI, func(ctx context.Context) (err error) {
+			w, err = kek.Wrap(ctx, dek, slotAAD(coreBytes, s.URI))
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("wrapping the data key: %w", err)
+		}
+		out[i] = format.Slot{AADRecipe: format.AADRecipeV1, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}
+		for j := range res.Slots {
+			c := &res.Slots[j]
+			if c.URI != s.URI || c.Action == "removed" {
+				continue
+			}
+			if c.NewVersion != w.KeyVersion && (c.Action == "kept" || c.Action == "current") {
+				c.Action = "rewrapped"
+			}
+			c.NewVersion, c.ServerSide = w.KeyVersion, false
+		}
+	}
+	table, err := (&format.SlotTable{Sequence: res.Sequence, Slots: out}).Marshal(core.SlotTableSize)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: %w", err)
+	}
+	return slices.Concat(coreBytes, table, table), nil
+}
+
+// RewrapPath rewraps the file at path under an exclusive lock, so that
+// concurrent rewraps of one file take turns, as [RewrapFile] does. It opens
+// path as named, following symlinks; to rewrap a file found by a directory
+// walk, open it safely and call RewrapFile. If the file was replaced while
+// it waited for the lock (another rewrap rewrote it whole), it opens path
+// again.
+func RewrapPath(ctx context.Context, path string, opts *RewrapOptions) (*RewrapResult, error) {
+	var res *RewrapResult
+	err := withLockedFile(ctx, path, func(f *os.File) (err error) {
+		res, err = rewrapIn(ctx, f, opts, growFile(f))
+		return err
+	})
+	return res, err
 }
 
 // RewrapFile rewraps the open file f as [Rewrap] does, holding an exclusive
@@ -298,33 +404,134 @@ func RewrapPath(ctx context.Context, path string, opts *RewrapOptions) (*RewrapR
 // that concurrent rewraps of one file take turns. f must be open for reading
 // and writing (even for a dry run). The lock is released before RewrapFile
 // returns; f is left open.
+//
+// The slots are rewritten in place when they fit the file's slot table. When
+// they do not (a slot added to a small file, see [SmallFileSize]),
+// RewrapFile rewrites the file whole, crash-safely: a new file beside it in
+// the same directory, with a larger table, the same body bytes and every
+// per-file slot wrapped anew (the table size is part of the core, which
+// those slots are bound to), synced and renamed over f.Name() while the
+// lock on f is held. A crash at any point leaves the old file or the new
+// one, each whole. f.Name() must be the file's path (as os.Open and
+// os.Root.OpenFile name it); the file must have one link, and keeps its
+// permission bits. Readers that opened the old file read it to the end;
+// a rewrap or [SaveRewrapped] that waited for the lock on the old file
+// finds it replaced and fails with [ErrFileReplaced] (RewrapPath and
+// SaveRewrapped then open the path again), so no update is lost.
 func RewrapFile(ctx context.Context, f *os.File, opts *RewrapOptions) (*RewrapResult, error) {
 	var res *RewrapResult
 	err := withLock(ctx, f, func() (err error) {
-		res, err = Rewrap(ctx, f, opts)
+		res, err = rewrapIn(ctx, f, opts, growFile(f))
 		return err
 	})
 	return res, err
 }
 
-// withLockedFile runs fn on the file at path, opened for reading and
-// writing and locked exclusively.
-func withLockedFile(ctx context.Context, path string, fn func(*os.File) error) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
+// growFile returns the step that rewrites the locked file f whole: header,
+// then f's body, into a new file put in place of f.Name() by rename.
+func growFile(f *os.File) grower {
+	return func(ctx context.Context, header []byte, bodyOffset int64) error {
+		name := f.Name()
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		if n, err := filelock.Links(f); err != nil {
+			return err
+		} else if n != 1 {
+			return fmt.Errorf("envelope: %s: the slots do not fit its slot table, and rewriting it with a larger one would split its %d hard links: %w", name, n, ErrSlotTableFull)
+		}
+		if err := sameFileAt(name, fi); err != nil {
+			return err
+		}
+		af, err := atomicfile.Create(name, fi.Mode().Perm(), true)
+		if err != nil {
+			return fmt.Errorf("envelope: rewriting %s with a larger slot table: %w", name, err)
+		}
+		defer af.Abort()
+		if err := af.Chmod(fi.Mode().Perm()); err != nil {
+			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
+		}
+		if _, err := af.Write(header); err != nil {
+			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
+		}
+		if err := copyContext(ctx, af, io.NewSectionReader(f, bodyOffset, fi.Size()-bodyOffset)); err != nil {
+			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
+		}
+		if err := sameFileAt(name, fi); err != nil {
+			return err
+		}
+		if err := af.Commit(); err != nil && !errors.Is(err, atomicfile.ErrNotDurable) {
+			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
+		}
+		return nil
 	}
-	defer f.Close()
-	return withLock(ctx, f, func() error { return fn(f) })
+}
+
+// sameFileAt checks that name still names the file whose FileInfo is fi.
+func sameFileAt(name string, fi os.FileInfo) error {
+	now, err := os.Stat(name)
+	if err != nil {
+		return fmt.Errorf("envelope: rewriting %s with a larger slot table: %w", name, err)
+	}
+	if !os.SameFile(now, fi) {
+		return fmt.Errorf("envelope: %s no longer names the file being rewrapped: %w", name, ErrFileReplaced)
+	}
+	return nil
+}
+
+// copyContext copies src to dst, checking ctx between blocks.
+func copyContext(ctx context.Context, dst io.Writer, src io.Reader) error {
+	buf := make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := io.ReadFull(src, buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// withLockedFile runs fn on the file at path, opened for reading and
+// writing and locked exclusively. If the file was replaced while it waited
+// for the lock, it opens path again, a few times.
+func withLockedFile(ctx context.Context, path string, fn func(*os.File) error) error {
+	for attempt := 0; ; attempt++ {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		err = withLock(ctx, f, func() error { return fn(f) })
+		f.Close()
+		if !errors.Is(err, ErrFileReplaced) || attempt == 4 {
+			return err
+		}
+	}
 }
 
 // withLock runs fn while holding an exclusive lock on f. The wait for the
-// lock honours ctx.
+// lock honours ctx. A file that has no name left once locked (it was
+// renamed over by a rewrite, or removed) fails with [ErrFileReplaced].
 func withLock(ctx context.Context, f *os.File, fn func() error) error {
 	if err := filelock.Lock(ctx, f, true); err != nil {
 		return fmt.Errorf("locking %s: %w", f.Name(), err)
 	}
 	defer filelock.Unlock(f)
+	if n, err := filelock.Links(f); err != nil {
+		return fmt.Errorf("envelope: %s: %w", f.Name(), err)
+	} else if n == 0 {
+		return fmt.Errorf("envelope: %s: %w", f.Name(), ErrFileReplaced)
+	}
 	return fn()
 }
 
@@ -333,7 +540,7 @@ func withLock(ctx context.Context, f *os.File, fn func() error) error {
 func writeTable(f File, h *format.Header, t *format.SlotTable) error {
 	enc, err := t.Marshal(h.Core.SlotTableSize)
 	if errors.Is(err, format.ErrSlotTableFull) {
-		return fmt.Errorf("envelope: %w; the file's slot tables are fixed at its encryption (a small file's hold its slots and room for their rotation only, see SmallFileSize): decrypt and encrypt it again, with Encrypter.SlotTableSize for room for more slots", err)
+		return fmt.Errorf("envelope: %w; the file's slot tables are fixed at its encryption (a small file's hold its slots and room for their rotation only, see SmallFileSize): rewrap it with RewrapFile or RewrapPath (kpcrypt rewrap), which rewrite it whole with a larger table", err)
 	}
 	if err != nil {
 		return fmt.Errorf("envelope: %w", err)
@@ -355,6 +562,14 @@ type rewrapper struct {
 	opts *RewrapOptions
 	dek  []byte // unwrapped on demand
 	ins  *instruments
+	keks map[string]kms.KEK // the KEK of each slot refreshed or added, by URI
+}
+
+func (rw *rewrapper) used(kek kms.KEK) {
+	if rw.keks == nil {
+		rw.keks = map[string]kms.KEK{}
+	}
+	rw.keks[kek.URI()] = kek
 }
 
 // getDEK unwraps the DEK through any slot, authenticating the header.
@@ -370,12 +585,23 @@ func (rw *rewrapper) getDEK() ([]byte, error) {
 }
 
 func (rw *rewrapper) wrap(kek kms.KEK) (format.Slot, error) {
+	rw.used(kek)
 	if rw.opts.DryRun {
-		// Prove the DEK can be had, but make no KMS write.
+		// Prove the DEK can be had, but make no KMS write. The slot
+		// stands for the one that would be made, at an estimated size:
+		// a slot of the file under the same scheme, or a Key Protect
+		// slot's 40 bytes of version and 240 of wrapped DEK.
 		if _, err := rw.getDEK(); err != nil {
 			return format.Slot{}, err
 		}
-		return format.Slot{AADRecipe: format.AADRecipeV1, URI: kek.URI()}, nil
+		version, wrapped := 40, 240
+		for _, s := range rw.h.Table().Slots {
+			if kms.Scheme(s.URI) == kms.Scheme(kek.URI()) {
+				version, wrapped = len(s.KeyVersion), len(s.Wrapped)
+				break
+			}
+		}
+		return format.Slot{AADRecipe: format.AADRecipeV1, URI: kek.URI(), KeyVersion: strings.Repeat("0", version), Wrapped: make([]byte, wrapped)}, nil
 	}
 	dek, err := rw.getDEK()
 	if err != nil {
@@ -475,6 +701,43 @@ func (rw *rewrapper) add(p *slotPlan, kek kms.KEK) error {
 	return nil
 }
 
+// holderOf returns the keyring's KEK that holds the key of slot s, as it
+// is in the file: of the KEKs the keyring offers for it, the first that
+// unwraps it to dek. Only that KEK may wrap the slot anew under its URI.
+func (rw *rewrapper) holderOf(s format.Slot, dek []byte) (kms.KEK, error) {
+	if rw.opts.Keyring == nil {
+		return nil, errors.New("no keyring")
+	}
+	keks, err := rw.opts.Keyring.KEKsFor(rw.ctx, s.URI)
+	if len(keks) == 0 {
+		if err == nil {
+			err = errors.New("the keyring has no KEK for it")
+		}
+		return nil, err
+	}
+	aad, err := aadForSlot(rw.h, &s)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, k := range keks {
+		var res kms.UnwrapResult
+		err := rw.ins.kmsCall(rw.ctx, "unwrap", k.URI(), func(ctx context.Context) (err error) {
+			res, err = k.Unwrap(ctx, s.Wrapped, aad)
+			return err
+		})
+		same := err == nil && bytes.Equal(res.DEK, dek)
+		clear(res.DEK)
+		if same {
+			return k, nil
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return nil, fmt.Errorf("no KEK of the keyring unwraps it: %w", errors.Join(errs...))
+}
+
 // kekFor returns the keyring's KEK whose URI is uri, or nil and why not.
 func (rw *rewrapper) kekFor(uri string) (kms.KEK, error) {
 	if rw.opts.Keyring == nil {
@@ -491,6 +754,7 @@ func (rw *rewrapper) kekFor(uri string) (kms.KEK, error) {
 
 // refresh moves slot s to kek's current version, if it is not there.
 func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
+	rw.used(kek)
 	c := SlotChange{URI: s.URI, OldVersion: s.KeyVersion, NewVersion: s.KeyVersion}
 	vr, ok := kek.(kms.VersionReporter)
 	if !ok {

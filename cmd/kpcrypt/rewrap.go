@@ -217,6 +217,9 @@ func describeChanges(res *envelope.RewrapResult) string {
 			parts = append(parts, fmt.Sprintf("removed %s", c.URI))
 		}
 	}
+	if res.Rewritten {
+		parts = append(parts, "rewritten whole with a larger slot table")
+	}
 	return strings.Join(parts, "; ")
 }
 

@@ -9,8 +9,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kpcrypt/kpcrypt/envelope"
 	"github.com/kpcrypt/kpcrypt/kms"
 	"github.com/kpcrypt/kpcrypt/kms/keyprotect"
+	"github.com/kpcrypt/kpcrypt/kms/local"
 	"github.com/kpcrypt/kpcrypt/kplocal"
 )
 
@@ -132,4 +134,46 @@ func TestRewrapCommand(t *testing.T) {
 		t.Fatalf("rewrap of a plain file: %d\n%s", r.code, r.stderr)
 	}
 	kpc("rewrap", "--to-kek", crn, "--add-kek", crn, "d").expect(t, 2)
+}
+
+// TestRewrapGrowsSmallFile: adding a KEK to a small file whose slot table
+// has no room for it (as envelope.Seal writes them) rewrites the file whole,
+// found by a directory walk or named, and says so.
+func TestRewrapGrowsSmallFile(t *testing.T) {
+	ctx := context.Background()
+	dir, pt := setup(t, 3000)
+	kek, err := local.Open(ctx, "local:"+filepath.Join(dir, "kek.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp(t, dir, nil, "keygen", "-o", "kek2.json").expect(t, 0)
+	kp(t, dir, nil, "keygen", "-o", "kek3.json").expect(t, 0)
+	e := &envelope.Encrypter{KEKs: []kms.KEK{kek}}
+	os.MkdirAll(filepath.Join(dir, "d"), 0o755)
+	for _, name := range []string{"d/a.kpc", "named.kpc"} {
+		e.Seal(ctx, pt) // the second file's table is sized to the first's slots
+		ct, err := e.Seal(ctx, pt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), ct, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, target := range []string{"d", "named.kpc"} {
+		r := kp(t, dir, nil, "rewrap", "--kek", "local:kek.json", "--add-kek", "local:kek2.json", "--add-kek", "local:kek3.json", target)
+		r.expect(t, 0, "1 rewrapped")
+		if !strings.Contains(string(r.stdout), "rewritten whole with a larger slot table") {
+			t.Fatalf("rewrap %s:\n%s", target, r.stdout)
+		}
+	}
+	for _, name := range []string{"d/a.kpc", "named.kpc"} {
+		kp(t, dir, nil, "decrypt", "--kek", "local:kek3.json", "-o", name+".out", name).expect(t, 0)
+		if !bytes.Equal(readFile(t, filepath.Join(dir, name+".out")), pt) {
+			t.Fatalf("%s decrypts wrong", name)
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "d")); len(entries) != 2 {
+		t.Fatalf("d holds %d entries, want a.kpc and its output", len(entries))
+	}
 }

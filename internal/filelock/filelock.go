@@ -61,3 +61,9 @@ func Sidecar(ctx context.Context, path string) (release func(), err error) {
 	}
 	return func() { unlock(f); f.Close() }, nil
 }
+
+// Links returns how many directory entries name the open file f: 0 once it
+// was removed or renamed over, which a lock holder checks after its wait,
+// since a writer that replaces a file by rename leaves the waiters locked
+// on the old one. On platforms that do not tell, it returns 1.
+func Links(f *os.File) (uint64, error) { return links(f) }
