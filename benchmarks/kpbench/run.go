@@ -90,7 +90,7 @@ type task struct {
 	cli    []string // for the CLI cases: the arguments, with IN and OUT
 	stdout bool     // the CLI writes to standard output (/dev/null)
 	out    string   // a file the task writes, removed after it
-	kms    bool     // counted against KMSRounds
+	kms    bool     // counted against KMSRounds, never repeated (kplocal, pipeline, bucket)
 }
 
 // Measurement is one task's result in one round, with the load seen.
