@@ -37,6 +37,12 @@ type Spec struct {
 	Latency          time.Duration
 	// SequentialObjects are sealed on one goroutine against kplocal.
 	SequentialObjects int
+	// PerDEK is the streams per DEK of the pipeline case (DataKeyReuse).
+	PerDEK int
+
+	// Out is the output file of the raw-pwrite reference; Tmpfs the tmpfs
+	// directory of the cases that write there ("" when none was found).
+	Out, Tmpfs string
 
 	// CPUProfile, when set, is where the child writes a CPU profile of its
 	// timed section.
@@ -58,6 +64,10 @@ type Result struct {
 	Other float64
 	// TimedOther tells that Other was measured over the timed section.
 	TimedOther bool `json:",omitempty"`
+	// OutBytes is the output the case allocated for the caller inside the
+	// timed section (envelope.Seal and Open, raw-alloc): the report
+	// subtracts it from the peak.
+	OutBytes int64 `json:",omitempty"`
 	// Metrics holds the special cases' figures.
 	Metrics map[string]float64 `json:",omitempty"`
 }
@@ -94,6 +104,16 @@ func measure(ctx context.Context, s *Spec) (*Result, error) {
 		return measureFile(ctx, s)
 	case "raw-all-copy":
 		return measureRawCopy(s)
+	case "raw-alloc", "raw-alloc-16m":
+		return measureRawAlloc(s)
+	case "seal", "seal-16m":
+		return measureSeal(ctx, s)
+	case "raw-pread", "raw-pwrite":
+		return measureRawFile(s)
+	case "pipeline":
+		return measurePipeline(ctx, s)
+	case "blob-ranged":
+		return measureBlobRanged(ctx, s)
 	case "random-access":
 		return measureRandomAccess(ctx, s)
 	case "rewrap":
@@ -314,6 +334,7 @@ const (
 	cipherFile    = "plain.bin.kpc"   // plainFile encrypted under kekFileFile
 	bigFile       = "big.kpc"         // RASize bytes under kekRotateFile
 	smallFile     = "small.kpc"       // 1 MiB under kekRotateFile
+	rawFile       = "plain.bin.raw"   // plainFile as raw AES-GCM chunks (rawFileKey)
 )
 
 // measureFile is kpcrypt through the library, streaming from a file into

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,6 +99,7 @@ func TestQuickRun(t *testing.T) {
 	o := QuickOptions()
 	o.Size, o.RASize, o.Reads, o.RewrapIters = 1<<20, 4<<20, 50, 2
 	o.SmallN, o.SeqN, o.Workers, o.Latency = 100, 3, 16, 20*time.Millisecond
+	o.SealSize, o.PipelineN, o.PerDEK, o.BlobSize, o.BlobReads = 256<<10, 250, 100, 1<<20, 50
 	o.TmpDir = t.TempDir()
 	o.Repo = filepath.Join("..", "..")
 	o.Go = goCommand()
@@ -114,10 +116,14 @@ func TestQuickRun(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
-	for _, c := range throughputCases {
+	tmpfs := rep.Tmpfs != ""
+	if !tmpfs {
+		t.Logf("no tmpfs: %s", rep.TmpfsNote)
+	}
+	for _, c := range append(slices.Clone(throughputCases), sealSmallCases...) {
 		for _, op := range []string{"encrypt", "decrypt"} {
 			k := c + "/" + op
-			if o.NoCLI && strings.HasPrefix(c, "cli-") {
+			if o.NoCLI && strings.HasPrefix(c, "cli-") || !tmpfs && (c == "cli-tmpfs" || c == "raw-pwrite") {
 				continue
 			}
 			ms := rep.byKey[k]
@@ -152,11 +158,83 @@ func TestQuickRun(t *testing.T) {
 	check("small-kplocal", "seal_reuse_wraps", func(v float64) bool { return v >= 1 && v < 100 })
 	check("small-kplocal", "open_fresh_unwraps", func(v float64) bool { return v == 100 })
 	check("small-kplocal", "open_reuse_cache_unwraps", func(v float64) bool { return v >= 1 && v <= 100 })
+	check("random-access", "ref_median_us", positive)
+	check("random-access", "allocs_per_read", func(v float64) bool { return v >= 0 })
+	check("small-local", "raw_seal_per_s", positive)
+	check("small-local", "raw_open_per_s", positive)
+	check("small-local", "encrypt_alloc_bytes", positive)
+	// 250 files at 100 per DEK: 3 DEKs, under one KEK.
+	check("pipeline", "files", func(v float64) bool { return v == 250 })
+	check("pipeline", "deks", func(v float64) bool { return v == 3 })
+	check("pipeline", "keks", func(v float64) bool { return v == 1 })
+	check("pipeline", "rewrapped", func(v float64) bool { return v == 250 })
+	check("pipeline", "slots_not_rotated", func(v float64) bool { return v == 0 })
+	check("pipeline", "rewrap_kms_calls", positive)
+	check("pipeline", "read_unwraps", positive)
+	check("pipeline", "overhead_kp_bytes", positive)
+	check("blob-ranged", "gets_per_read", positive)
+	check("blob-ranged", "bytes_per_read", positive)
+	check("blob-ranged", "cache_hit_rate", func(v float64) bool { return v >= 0 && v <= 1 })
 	md := rep.Markdown()
-	for _, want := range []string{"## Machine", "## Encrypt and decrypt throughput", "## Random access", "## Rewrap", "## Small files", "## Targets", "filippo.io/age"} {
+	for _, want := range []string{"## Machine", "## Encrypt and decrypt throughput", "## Against raw AES-GCM doing the same work", "## Random access", "## Rewrap", "## Small files", "## Pipelines at scale", "## Targets", "filippo.io/age", "| tmpfs |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("the report lacks %q", want)
 		}
+	}
+	// The report ends with the targets table, which has a row for every
+	// target with a status cell; no number is asserted.
+	i := strings.LastIndex(md, "## Targets")
+	if i < 0 {
+		t.Fatal("no targets section")
+	}
+	table := md[i:]
+	if strings.Contains(table[len("## Targets"):], "\n## ") {
+		t.Error("the targets section is not the last")
+	}
+	names := rep.TargetNames()
+	if len(names) < 20 {
+		t.Errorf("%d targets: %q", len(names), names)
+	}
+	rows := map[string]string{}
+	for line := range strings.SplitSeq(table, "\n") {
+		cells := strings.Split(line, " | ")
+		if len(cells) == 4 && strings.HasPrefix(line, "| ") {
+			rows[strings.TrimPrefix(cells[0], "| ")] = strings.Trim(strings.TrimSuffix(cells[3], " |"), "*")
+		}
+	}
+	for _, name := range names {
+		st, ok := rows[name]
+		switch {
+		case !ok:
+			t.Errorf("the targets table lacks %q", name)
+		case st == statusMet || st == statusNotMet:
+		case st == statusNotMeasured && (o.NoCLI && strings.HasPrefix(name, "CLI") || !tmpfs && strings.Contains(name, "tmpfs") || strings.HasPrefix(name, "4 KiB objects") && smallBaselineSeal == 0):
+		default:
+			t.Errorf("target %q: status %q", name, st)
+		}
+	}
+	for _, want := range []string{
+		"envelope.Seal", "envelope.Open", "peak RSS over inputs and output", "×raw-pread", "×raw-pwrite", "4 KiB objects, local KEK",
+		"random 4 KiB read, p50", "allocations per read", "batch rewrap: KMS calls", "DataKeyCache", "DataKeyReuse renewal", "one Key Protect slot",
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("the targets table lacks %q", want)
+		}
+	}
+	if strings.Contains(table, "every peer") {
+		t.Error("≥ 2× every peer is still a target")
+	}
+	// A run re-rendered from its JSON gives the same targets.
+	js := filepath.Join(t.TempDir(), "run.json")
+	if err := rep.WriteJSON(js); err != nil {
+		t.Fatal(err)
+	}
+	again, err := ReadJSON(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.TargetsTable() != rep.TargetsTable() {
+		t.Errorf("the targets differ once read back from JSON:\n%s\n%s", again.TargetsTable(), rep.TargetsTable())
 	}
 	if testing.Verbose() {
 		fmt.Println(log.String())

@@ -25,8 +25,11 @@ var analysis string
 type Report struct {
 	Opts       Options
 	Start, End time.Time
-	byKey      map[string][]*Measurement
-	order      []string
+	// Tmpfs is the tmpfs directory the tmpfs cases wrote under ("" if none
+	// was found); TmpfsNote says how it was found, or why none was.
+	Tmpfs, TmpfsNote string
+	byKey            map[string][]*Measurement
+	order            []string
 }
 
 func newReport(o Options) *Report { return &Report{Opts: o, byKey: map[string][]*Measurement{}} }
@@ -90,19 +93,19 @@ func ratio(a, b float64) string {
 	return fmt.Sprintf("%.2f×", a/b)
 }
 
-func yes(ok bool) string {
-	if ok {
-		return "**met**"
-	}
-	return "**not met**"
-}
-
 var caseDesc = map[string]string{
-	"raw-1":        "raw AES-256-GCM, 1 goroutine (64 KiB chunks, preallocated buffer)",
-	"raw-all":      "raw AES-256-GCM, all cores",
-	"kpcrypt-file": "kpcrypt, library, file → io.Discard",
-	"cli-file":     "kpcrypt CLI, file → file (atomic: temp file, fsync, rename)",
-	"cli-stdout":   "kpcrypt CLI, file → stdout (/dev/null)",
+	"raw-1":         "raw AES-256-GCM, 1 goroutine (64 KiB chunks, preallocated buffer)",
+	"raw-all":       "raw AES-256-GCM, all cores",
+	"kpcrypt-file":  "kpcrypt, library, file → io.Discard",
+	"cli-file":      "kpcrypt CLI, file → file (atomic: temp file, fsync, rename)",
+	"cli-stdout":    "kpcrypt CLI, file → stdout (/dev/null)",
+	"cli-tmpfs":     "kpcrypt CLI, file → file on tmpfs (atomic: temp file, fsync, rename)",
+	"raw-alloc":     "raw AES-256-GCM, all cores, allocating its output",
+	"raw-pread":     "raw AES-256-GCM, all cores, pread from the file",
+	"raw-pwrite":    "raw AES-256-GCM, all cores, pread / seal / pwrite, file → file on tmpfs",
+	"seal":          "kpcrypt, `envelope.Seal` / `envelope.Open` (memory → memory)",
+	"raw-alloc-16m": "raw AES-256-GCM, all cores, allocating its output",
+	"seal-16m":      "kpcrypt, `envelope.Seal` / `envelope.Open` (memory → memory)",
 }
 
 func describe(c string) string {
@@ -191,6 +194,7 @@ func (r *Report) Markdown() string {
 	p("| memory | %.1f GiB |\n", float64(memTotal())/(1<<30))
 	p("| kernel | %s |\n", kernel())
 	p("| Go | %s %s/%s |\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	p("| tmpfs | %s |\n", tmpfsWhere(r))
 	p("\nPeers (from the benchmark binary's build information):\n\n")
 	p("| module | version |\n|---|---|\n")
 	for _, m := range []string{"filippo.io/age", "github.com/tink-crypto/tink-go/v2", "github.com/minio/sio", "golang.org/x/crypto", "github.com/kpcrypt/kpcrypt"} {
@@ -206,29 +210,33 @@ func (r *Report) Markdown() string {
 	p("\n")
 
 	p("## Method\n\n")
-	p("- Every measurement runs in a **fresh process**: `kpbench` re-executes itself with the case to run (the CLI cases run the `kpcrypt` binary, built from `./cmd/kpcrypt` at the start). Rounds: each case is measured **%d times** (the kplocal case %d times), the rounds interleaved and the order of cases rotated each round, and the tables give the **median** with the min–max range.\n", o.Rounds, min(o.KMSRounds, o.Rounds))
+	p("- Every measurement runs in a **fresh process**: `kpbench` re-executes itself with the case to run (the CLI cases run the `kpcrypt` binary, built from `./cmd/kpcrypt` at the start). Rounds: each case is measured **%d times** (the kplocal, pipeline and bucket cases %d times), the rounds interleaved and the order of cases rotated each round, and the tables give the **median** with the min–max range.\n", o.Rounds, min(o.KMSRounds, o.Rounds))
 	p("- Throughput: %s of plaintext (the AES-CTR keystream of a fixed key, the same bytes for every case). Encrypt: from memory, in 1 MiB `Write`s, into a counting `io.Writer` that discards; decrypt: the same codec's ciphertext, made first and untimed, read from a `bytes.Reader` with `io.CopyBuffer` (1 MiB buffer, or the reader's own `WriteTo`). MiB/s is plaintext bytes over the timed section's wall time. Raw AES-GCM seals and opens 64 KiB chunks into a preallocated, pre-faulted buffer. Each codec's key setup (kpcrypt's local KEK wrap, age's X25519, Tink's HKDF) is inside the timed section.\n", sizeStr(o.Size))
 	p("- Peak memory: the child resets its peak RSS (`/proc/self/clear_refs` ← 5) just before the timed section and reads `VmHWM` after it. For kpcrypt's file cases (library: `Encrypter.Encrypt` from an `*os.File` into `io.Discard`, `Decrypter.Decrypt` from an `*os.File`) that is the process's peak; for the CLI it is `getrusage` maxrss of the `kpcrypt` process. For the in-memory cases the inputs dominate the RSS, so the table gives the peak **over the inputs** (peak − RSS just before the timed section).\n")
-	p("- The input files are written and fsynced before the rounds, so reads are from the page cache. The CLI writing to a file pays for its atomic output: a temporary file beside OUT, **fsync**, rename.\n")
-	p("- Load: the child reads `/proc/stat` around its timed section; *other load* is the cores busy machine-wide minus the child's own CPU time (for the CLI, over the `kpcrypt` process's life). Before each measurement the run waits (up to %s) for fewer than %.2g cores to be busy, and a measurement that saw more outside load than that is made again, up to %d attempts in all while the run is within %s (the kplocal case is not repeated). Outside load halves a parallel codec on 2 cores but barely slows a single-threaded one, so undisturbed measurements matter more to the comparison than more rounds.\n\n", o.QuietWait, o.Quiet, o.Attempts, o.Budget)
+	p("- The input files are written and fsynced before the rounds, so reads are from the page cache. The CLI writing to a file pays for its atomic output: a temporary file beside OUT, **fsync**, rename. The *tmpfs* cases write to %s, where that fsync is cheap; the others to the run's temporary directory.\n", tmpfsWhere(r))
+	p("- Targets (the last section) are ratios to references measured in the same run, or counts; the parent computes them from the measurements, and an unmet one does not fail the run. Ratios to age, Tink and minio/sio are information only.\n")
+	p("- Load: the child reads `/proc/stat` around its timed section; *other load* is the cores busy machine-wide minus the child's own CPU time (for the CLI, over the `kpcrypt` process's life). Before each measurement the run waits (up to %s) for fewer than %.2g cores to be busy, and a measurement that saw more outside load than that is made again, up to %d attempts in all while the run is within %s (the kplocal, pipeline and bucket cases are not repeated). Outside load halves a parallel codec on 2 cores but barely slows a single-threaded one, so undisturbed measurements matter more to the comparison than more rounds.\n\n", o.QuietWait, o.Quiet, o.Attempts, o.Budget)
 
 	r.writeLoad(p)
 	r.writeThroughput(p)
 	r.writeSweep(p)
+	r.writeReferences(p)
 	r.writeMemory(p)
 	r.writeRandomAccess(p)
 	r.writeRewrap(p)
 	r.writeSmall(p)
-	r.writeTargets(p)
+	r.writePipelines(p)
 
 	p("## Analysis\n\n")
 	p("%s\n", strings.TrimSpace(analysis))
 	p("\n## Reproduce\n\n")
 	p("    make bench                                         # the full run (about %.0f minutes here), writes BENCHMARKS.md\n", math.Ceil(r.End.Sub(r.Start).Minutes()))
 	p("    cd benchmarks && go run ./cmd/kpbench -quick -o -  # a small run, to stdout\n")
-	p("    cd benchmarks && go run ./cmd/kpbench -h           # sizes, rounds, -cases REGEXP, -cpuprofile DIR, -sweep=false\n")
+	p("    cd benchmarks && go run ./cmd/kpbench -h           # sizes, rounds, -cases REGEXP, -cpuprofile DIR, -sweep=false, -tmpfs DIR\n")
 	p("    make bench BENCHFLAGS='-json run.json'             # also keep the measurements (benchmarks/run.json); -from run.json re-renders\n")
-	p("    go test -run '^$' -bench . ./stream/               # the engine's micro-benchmarks\n")
+	p("    make bench-quick                                   # a small run (under a minute), to /tmp/kpbench-quick.md\n")
+	p("    go test -run '^$' -bench . ./stream/               # the engine's micro-benchmarks\n\n")
+	r.writeTargets(p)
 	return b.String()
 }
 
@@ -291,12 +299,17 @@ func (r *Report) otherCell(k string) string {
 	return s
 }
 
+// throughputRef is the reference of a case in the throughput table: the
+// raw AES-GCM that does the same work (issue 16), or raw-all.
+var throughputRef = map[string]string{
+	"seal": "raw-alloc", "kpcrypt-file": "raw-pread", "cli-stdout": "raw-pread", "cli-tmpfs": "raw-pwrite",
+}
+
 func (r *Report) writeThroughput(p printer) {
 	p("## Encrypt and decrypt throughput\n\n")
-	p("%s, MiB/s, median (min–max) of the rounds; *×raw-all* is the median over raw AES-GCM on all cores; *cores* is the CPU the child used over the timed section; *other* the median other load (cores) around it.\n\n", sizeStr(r.Opts.Size))
-	p("| case | encrypt MiB/s | ×raw-all | cores | other | decrypt MiB/s | ×raw-all | cores | other |\n")
+	p("%s, MiB/s, median (min–max) of the rounds; *×ref* is the median over the median of the case's reference: raw AES-GCM on all cores (*raw-all*), or, where named, the raw AES-GCM that does the same work (*raw-alloc* for `envelope.Seal`/`Open`, *raw-pread* for the library and the CLI reading a file, *raw-pwrite* for the CLI writing to tmpfs; see *Against raw AES-GCM doing the same work*); *cores* is the CPU the child used over the timed section; *other* the median other load (cores) around it.\n\n", sizeStr(r.Opts.Size))
+	p("| case | encrypt MiB/s | ×ref | cores | other | decrypt MiB/s | ×ref | cores | other |\n")
 	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	rawE, rawD := r.med("raw-all/encrypt"), r.med("raw-all/decrypt")
 	for _, c := range throughputCases {
 		e, d := c+"/encrypt", c+"/decrypt"
 		if !r.has(e) && !r.has(d) {
@@ -308,12 +321,23 @@ func (r *Report) writeThroughput(p printer) {
 			}
 			return fmt.Sprintf("%.2f", r.stat(k, func(m *Measurement) float64 { return m.CPU }).med)
 		}
+		rel := func(op string) string {
+			ref := "raw-all"
+			if x, ok := throughputRef[c]; ok {
+				ref = x
+			}
+			s := ratio(r.med(c+"/"+op), r.med(ref+"/"+op))
+			if ref != "raw-all" && s != "—" {
+				s += " " + ref
+			}
+			return s
+		}
 		oth := r.otherCell
 		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", describe(c),
-			fmtRange(r.stat(e, mibps), 0), ratio(r.med(e), rawE), cpu(e), oth(e),
-			fmtRange(r.stat(d, mibps), 0), ratio(r.med(d), rawD), cpu(d), oth(d))
+			fmtRange(r.stat(e, mibps), 0), rel("encrypt"), cpu(e), oth(e),
+			fmtRange(r.stat(d, mibps), 0), rel("decrypt"), cpu(d), oth(d))
 	}
-	p("\nkpcrypt (library, in memory) against each peer, ratio of medians:\n\n")
+	p("\nkpcrypt (library, in memory) against each peer, ratio of medians (information, not a target: Tink and sio are single-threaded, so on 2 cores these ratios measure the core count as much as kpcrypt):\n\n")
 	p("| against | encrypt | decrypt |\n|---|---:|---:|\n")
 	for _, c := range []string{"age", "tink", "sio", "raw-1", "raw-all", "kpcrypt-1w"} {
 		if !r.has(c+"/encrypt") && !r.has(c+"/decrypt") {
@@ -354,22 +378,28 @@ func (r *Report) writeMemory(p printer) {
 		if !r.has(e) && !r.has(d) {
 			continue
 		}
-		file := c == "kpcrypt-file" || c == "cli-file" || c == "cli-stdout"
+		file := c == "kpcrypt-file" || strings.HasPrefix(c, "cli-") || c == "raw-pread" || c == "raw-pwrite"
+		alloc := c == "seal" || c == "raw-alloc"
 		val := func(k string) string {
 			if !r.has(k) {
 				return "—"
 			}
-			if file {
+			switch {
+			case file:
 				return fmt.Sprintf("%.1f", mib(int64(r.stat(k, func(m *Measurement) float64 { return float64(m.PeakRSS) }).hi)))
+			case alloc:
+				return fmt.Sprintf("%.1f", r.stat(k, overIO).med/(1<<20))
 			}
 			return fmt.Sprintf("%.1f", mib(int64(r.stat(k, func(m *Measurement) float64 { return float64(m.PeakRSS - m.BaseRSS) }).med)))
 		}
 		how := "peak over inputs"
-		switch c {
-		case "kpcrypt-file":
-			how = "process peak (VmHWM)"
-		case "cli-file", "cli-stdout":
+		switch {
+		case alloc:
+			how = "peak over inputs and output"
+		case strings.HasPrefix(c, "cli-"):
 			how = "process peak (maxrss)"
+		case file:
+			how = "process peak (VmHWM)"
 		}
 		p("| %s | %s | %s | %s |\n", describe(c), val(e), val(d), how)
 	}
@@ -392,7 +422,12 @@ func (r *Report) writeRandomAccess(p printer) {
 	p("| chunk decryptions per read, mean | %s |\n", fmtRange(r.metric(k, "decrypts_mean"), 3))
 	p("| chunk decryptions per read, max | %s |\n", fmtRange(r.metric(k, "decrypts_max"), 0))
 	p("| share of reads spanning two chunks | %s |\n", fmtRange(r.metric(k, "spanning_share"), 3))
-	p("| file bytes read per 4 KiB read | %s |\n\n", fmtRange(r.metric(k, "bytes_read_per_read"), 0))
+	p("| file bytes read per 4 KiB read | %s |\n", fmtRange(r.metric(k, "bytes_read_per_read"), 0))
+	p("| allocations per read, steady state (`MemStats.Mallocs` over a second pass of as many reads) | %s |\n", fmtRange(r.metric(k, "allocs_per_read"), 2))
+	p("| bytes allocated per read, same pass | %s |\n", fmtRange(r.metric(k, "alloc_bytes_per_read"), 0))
+	p("| reference: `pread` one sealed 64 KiB chunk (+16) of the page-cached raw file at a random index and open it with raw AES-GCM, median, µs | %s |\n", fmtRange(r.metric(k, "ref_median_us"), 1))
+	p("| reference, p99, µs | %s |\n", fmtRange(r.metric(k, "ref_p99_us"), 1))
+	p("| median read ÷ median reference | %s |\n\n", ratio(r.metric(k, "median_us").med, r.metric(k, "ref_median_us").med))
 }
 
 func (r *Report) writeRewrap(p printer) {
@@ -413,9 +448,14 @@ func (r *Report) writeSmall(p printer) {
 		k := "small-local"
 		p("## Small files\n\n")
 		p("%d objects of 4 KiB, in memory (`Encrypter.Seal`, `Decrypter.Open`, each checked), on a pool of %d goroutines.\n\n", o.SmallN, o.Workers)
-		p("With a local KEK (objects/s, median (min–max)):\n\n")
-		p("| encrypt | decrypt | bytes added per object |\n|---:|---:|---:|\n")
-		p("| %s | %s | %s |\n\n", fmtRange(r.metric(k, "encrypt_per_s"), 0), fmtRange(r.metric(k, "decrypt_per_s"), 0), fmtRange(r.metric(k, "overhead_bytes"), 0))
+		p("With a local KEK, against raw AES-GCM sealing and opening each 4 KiB object as one chunk into a freshly allocated output, on the same pool in the same process just before (objects/s, median (min–max); bytes and allocations per object from `MemStats.TotalAlloc` and `Mallocs` around each phase, medians):\n\n")
+		p("| | kpcrypt objects/s | raw AES-GCM objects/s | ratio | kpcrypt bytes allocated / object | allocations / object | raw bytes / object |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		for _, x := range []struct{ name, m, raw string }{{"encrypt (`Seal`)", "encrypt", "raw_seal"}, {"decrypt (`Open`)", "decrypt", "raw_open"}} {
+			p("| %s | %s | %s | %s | %s | %s | %s |\n", x.name, fmtRange(r.metric(k, x.m+"_per_s"), 0), fmtRange(r.metric(k, x.raw+"_per_s"), 0),
+				ratio(r.metric(k, x.m+"_per_s").med, r.metric(k, x.raw+"_per_s").med),
+				fmtRange(r.metric(k, x.m+"_alloc_bytes"), 0), fmtRange(r.metric(k, x.m+"_allocs"), 0), fmtRange(r.metric(k, x.raw+"_alloc_bytes"), 0))
+		}
+		p("\nBytes added per object: %s.\n\n", fmtRange(r.metric(k, "overhead_bytes"), 0))
 	}
 	const k = "small-kplocal"
 	if !r.has(k) {
@@ -443,69 +483,17 @@ func (r *Report) writeSmall(p printer) {
 	p("\n")
 }
 
-func (r *Report) writeTargets(p printer) {
-	p("## Targets\n\n")
-	p("| target | measured | |\n|---|---|---|\n")
-	for _, op := range []string{"encrypt", "decrypt"} {
-		kp := r.med("kpcrypt/" + op)
-		if math.IsNaN(kp) {
-			continue
-		}
-		worst, worstName := math.Inf(1), ""
-		var parts []string
-		for _, c := range []string{"age", "tink", "sio"} {
-			v := r.med(c + "/" + op)
-			if math.IsNaN(v) {
-				continue
-			}
-			parts = append(parts, fmt.Sprintf("%s %s", ratio(kp, v), c))
-			if kp/v < worst {
-				worst, worstName = kp/v, c
-			}
-		}
-		if worstName != "" {
-			p("| %s at ≥ 2× every peer (2 cores) | %s; lowest %.2f× (%s) | %s |\n", op, strings.Join(parts, ", "), worst, worstName, yes(worst >= 2))
-		}
-		if raw := r.med("raw-all/" + op); !math.IsNaN(raw) {
-			p("| %s at ≥ 0.9× raw AES-GCM on all cores | %.0f / %.0f MiB/s = %.2f× | %s |\n", op, kp, raw, kp/raw, yes(kp/raw >= 0.9))
-		}
-	}
-	peak, what := 0.0, []string{}
-	for _, c := range []string{"kpcrypt-file", "cli-file", "cli-stdout"} {
-		for _, op := range []string{"encrypt", "decrypt"} {
-			k := c + "/" + op
-			if !r.has(k) {
-				continue
-			}
-			v := mib(int64(r.stat(k, func(m *Measurement) float64 { return float64(m.PeakRSS) }).hi))
-			what = append(what, fmt.Sprintf("%s %s %.1f", c, op, v))
-			peak = max(peak, v)
-		}
-	}
-	if len(what) > 0 {
-		p("| peak memory ≤ 32 MiB for any file size | max %.1f MiB (%s MiB; %s files) | %s |\n", peak, strings.Join(what, ", "), sizeStr(r.Opts.Size), yes(peak <= 32))
-	}
-	if r.has("random-access") {
-		mx := r.metric("random-access", "decrypts_max").hi
-		p("| a random 4 KiB read costs ≤ 2 chunk decryptions | max %.0f, mean %.3f per read | %s |\n", mx, r.metric("random-access", "decrypts_mean").med, yes(mx <= 2))
-	}
-	if r.has("rewrap") {
-		rt := r.metric("rewrap", "ratio")
-		p("| rewrapping %s takes ≤ 2× rewrapping 1 MiB | %.2f× (%.2f vs %.2f ms) | %s |\n", sizeStr(r.Opts.RASize), rt.med, r.metric("rewrap", "big_ms").med, r.metric("rewrap", "small_ms").med, yes(rt.med <= 2))
-	}
-	p("\n")
-}
-
 // runJSON is a run as saved by WriteJSON.
 type runJSON struct {
-	Start, End   time.Time
-	Options      Options
-	Measurements []*Measurement
+	Start, End       time.Time
+	Tmpfs, TmpfsNote string `json:",omitempty"`
+	Options          Options
+	Measurements     []*Measurement
 }
 
 // WriteJSON writes the run, every measurement included, to path.
 func (r *Report) WriteJSON(path string) error {
-	v := runJSON{Start: r.Start, End: r.End, Options: r.Opts}
+	v := runJSON{Start: r.Start, End: r.End, Tmpfs: r.Tmpfs, TmpfsNote: r.TmpfsNote, Options: r.Opts}
 	for _, k := range r.order {
 		v.Measurements = append(v.Measurements, r.byKey[k]...)
 	}
@@ -529,6 +517,7 @@ func ReadJSON(path string) (*Report, error) {
 	}
 	r := newReport(v.Options)
 	r.Start, r.End = v.Start, v.End
+	r.Tmpfs, r.TmpfsNote = v.Tmpfs, v.TmpfsNote
 	for _, m := range v.Measurements {
 		r.add(m)
 	}

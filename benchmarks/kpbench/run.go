@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -33,6 +34,12 @@ type Options struct {
 	SeqN        int            // small files sealed on one goroutine against kplocal
 	Workers     int            // goroutines of the small-file cases
 	Latency     time.Duration  // kplocal's added latency
+	SealSize    int64          // the second, smaller size of envelope.Seal and Open (16 MiB)
+	PipelineN   int            // files of the batch-rewrap pipeline
+	PerDEK      int            // files per DEK there (DataKeyReuse.MaxStreams)
+	BlobSize    int64          // the object of the ranged reads over a bucket
+	BlobReads   int            // random 4 KiB reads of it per round
+	Tmpfs       string         // the tmpfs directory; "" finds one (/dev/shm first)
 	Cases       *regexp.Regexp `json:"-"`
 	Repo        string         // the kpcrypt repository, to build cmd/kpcrypt
 	Go          string         // the go command
@@ -57,17 +64,22 @@ func DefaultOptions() Options {
 	return Options{
 		Size: 512 << 20, Rounds: 5, KMSRounds: 3, RASize: 1 << 30, Reads: 2000, RewrapIters: 10,
 		SmallN: 10000, SeqN: 100, Workers: 64, Latency: 20 * time.Millisecond, Go: "go", Log: os.Stderr,
+		SealSize: 16 << 20, PipelineN: 10000, PerDEK: 100, BlobSize: 64 << 20, BlobReads: 1000,
 		Quiet: 0.3, QuietWait: 10 * time.Second, Attempts: 3, Budget: 9 * time.Minute, Sweep: true,
 	}
 }
 
 // QuickOptions is the -quick run: 16 MiB, one round, a 64 MiB
-// random-access file and 500 small files.
+// random-access file, 500 small files, 500 files in the batch rewrap, 200
+// ranged reads of a 16 MiB object, no sweep; it waits at most 1 s for a
+// quiet machine and makes no second attempt, to stay within a minute.
 func QuickOptions() Options {
 	o := DefaultOptions()
 	o.Size, o.Rounds, o.KMSRounds, o.RASize, o.Reads, o.RewrapIters = 16<<20, 1, 1, 64<<20, 200, 3
 	o.SmallN, o.SeqN, o.Workers = 500, 10, 64
-	o.QuietWait, o.Attempts, o.Budget = 2*time.Second, 2, time.Minute
+	o.PipelineN, o.BlobSize, o.BlobReads = 500, 16<<20, 200
+	o.Sweep = false
+	o.QuietWait, o.Attempts, o.Budget = time.Second, 1, 30*time.Second
 	return o
 }
 
@@ -77,7 +89,8 @@ type task struct {
 	spec   Spec
 	cli    []string // for the CLI cases: the arguments, with IN and OUT
 	stdout bool     // the CLI writes to standard output (/dev/null)
-	kms    bool     // counted against KMSRounds
+	out    string   // a file the task writes, removed after it
+	kms    bool     // counted against KMSRounds, never repeated (kplocal, pipeline, bucket)
 }
 
 // Measurement is one task's result in one round, with the load seen.
@@ -118,6 +131,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer os.RemoveAll(dir)
 	rep := newReport(o)
 	rep.Start = time.Now()
+	var tmpfs string
+	if where, note := findTmpfs(o.Tmpfs); where != "" {
+		if tmpfs, err = os.MkdirTemp(where, "kpbench-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(tmpfs)
+		rep.Tmpfs, rep.TmpfsNote = where, note
+	} else {
+		rep.TmpfsNote = note
+	}
 
 	var cli string
 	if !o.NoCLI {
@@ -136,7 +159,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	logf("inputs ready in %s (%s)", time.Since(st).Round(time.Millisecond), dir)
 
-	tasks := buildTasks(dir, cli, o)
+	tasks := buildTasks(dir, tmpfs, cli, o)
 	for round := range o.Rounds {
 		// Rotate the order each round, so that a burst of outside load
 		// does not always fall on the same case.
@@ -202,6 +225,9 @@ func prepare(ctx context.Context, dir string, o Options) error {
 	if err := encryptTo(cipherFile, o.Size, keks[kekFileFile]); err != nil {
 		return err
 	}
+	if err := writeFile(filepath.Join(dir, rawFile), func(w io.Writer) error { return writeRawFile(w, o.Size) }); err != nil {
+		return err
+	}
 	if err := encryptTo(bigFile, o.RASize, keks[kekRotateFile]); err != nil {
 		return err
 	}
@@ -246,32 +272,47 @@ func writeFile(path string, f func(io.Writer) error) error {
 	return out.Close()
 }
 
-// buildTasks lists the tasks of a round, in table order.
-func buildTasks(dir, cli string, o Options) []task {
+// buildTasks lists the tasks of a round, in table order. tmpfs is the run's
+// directory on a tmpfs, or "" if there is none.
+func buildTasks(dir, tmpfs, cli string, o Options) []task {
 	var ts []task
 	add := func(t task) {
 		if o.Cases == nil || o.Cases.MatchString(t.key) {
 			ts = append(ts, t)
 		}
 	}
-	base := Spec{Size: o.Size, Dir: dir}
-	for _, c := range throughputCases {
+	base := Spec{Size: o.Size, Dir: dir, Tmpfs: tmpfs}
+	for _, c := range append(slices.Clone(throughputCases), sealSmallCases...) {
 		for _, op := range []string{"encrypt", "decrypt"} {
 			s := base
 			s.Case, s.Op = c, op
 			t := task{key: c + "/" + op, spec: s}
 			switch c {
-			case "cli-file", "cli-stdout":
-				if cli == "" {
+			case "raw-alloc-16m", "seal-16m":
+				t.spec.Size = o.SealSize
+			case "raw-pwrite":
+				if tmpfs == "" {
+					continue
+				}
+				t.spec.Out = filepath.Join(tmpfs, "raw.out")
+				t.out = t.spec.Out
+			case "cli-file", "cli-stdout", "cli-tmpfs":
+				if cli == "" || (c == "cli-tmpfs" && tmpfs == "") {
 					continue
 				}
 				in, out := filepath.Join(dir, plainFile), filepath.Join(dir, "cli.out")
 				if op == "decrypt" {
 					in = filepath.Join(dir, cipherFile)
 				}
-				if c == "cli-stdout" {
+				switch c {
+				case "cli-stdout":
 					out = "-"
 					t.stdout = true
+				case "cli-tmpfs":
+					out = filepath.Join(tmpfs, "cli.out")
+				}
+				if out != "-" {
+					t.out = out
 				}
 				t.cli = []string{cli, op, "--kek", "local:" + filepath.Join(dir, kekFileFile), "--quiet", "--force", "-o", out, in}
 			}
@@ -299,13 +340,26 @@ func buildTasks(dir, cli string, o Options) []task {
 	add(task{key: "small-local", spec: s})
 	s.Case, s.Latency, s.SequentialObjects = "small-kplocal", o.Latency, o.SeqN
 	add(task{key: "small-kplocal", spec: s, kms: true})
+	s = base
+	s.Case, s.Objects, s.PerDEK, s.Workers, s.Latency = "pipeline", o.PipelineN, o.PerDEK, o.Workers, o.Latency
+	add(task{key: "pipeline", spec: s, kms: true})
+	s = base
+	s.Case, s.Size, s.Reads = "blob-ranged", o.BlobSize, o.BlobReads
+	add(task{key: "blob-ranged", spec: s, kms: true})
 	return ts
 }
 
-// throughputCases are the encrypt/decrypt cases in table order.
+// throughputCases are the encrypt/decrypt cases in table order, at
+// Options.Size.
 var throughputCases = []string{
-	"raw-1", "raw-all", "kpcrypt", "kpcrypt-64k", "kpcrypt-1w", "kpcrypt-file", "cli-file", "cli-stdout", "age", "tink", "sio",
+	"raw-1", "raw-all", "raw-alloc", "raw-pread", "raw-pwrite",
+	"kpcrypt", "kpcrypt-64k", "kpcrypt-1w", "seal", "kpcrypt-file", "cli-file", "cli-stdout", "cli-tmpfs",
+	"age", "tink", "sio",
 }
+
+// sealSmallCases are envelope.Seal and Open and their reference at
+// Options.SealSize.
+var sealSmallCases = []string{"raw-alloc-16m", "seal-16m"}
 
 // runTask runs one task in a fresh process and measures the load around it.
 func runTask(ctx context.Context, exe string, t task, round int, o Options) (*Measurement, error) {
@@ -365,7 +419,9 @@ func runTask(ctx context.Context, exe string, t task, round int, o Options) (*Me
 			}
 		}
 		m.Other = lifeOther
-		os.Remove(filepath.Join(spec.Dir, "cli.out"))
+		if t.out != "" {
+			os.Remove(t.out)
+		}
 		return m, nil
 	}
 	line := bytes.TrimSpace(stdout.Bytes())
@@ -429,6 +485,7 @@ func Main(ctx context.Context, o Options, from, out, jsonOut string) error {
 	}
 	md := rep.Markdown()
 	if out == "" || out == "-" {
+		// The report ends with the targets table.
 		_, err = os.Stdout.WriteString(md)
 		return err
 	}
@@ -437,5 +494,6 @@ func Main(ctx context.Context, o Options, from, out, jsonOut string) error {
 	}
 	fmt.Fprintf(o.Log, "wrote %s\n", out)
 	fmt.Fprint(o.Log, rep.Headline())
+	fmt.Printf("\nTargets (%s):\n\n%s", out, rep.TargetsTable())
 	return nil
 }

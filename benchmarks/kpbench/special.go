@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -104,7 +105,7 @@ func measureRandomAccess(ctx context.Context, s *Spec) (*Result, error) {
 		if _, err := ra.ReadAt(buf, off); err != nil {
 			return nil, fmt.Errorf("random access at %d: %w", off, err)
 		}
-		lat = append(lat, float64(time.Since(st).Microseconds()))
+		lat = append(lat, float64(time.Since(st).Nanoseconds())/1000)
 		per = append(per, float64(cr.reads.Load()-r0))
 		readBytes += cr.bytes.Load() - b0
 		if off/stream.DefaultChunkSize != (off+readSize-1)/stream.DefaultChunkSize {
@@ -120,19 +121,77 @@ func measureRandomAccess(ctx context.Context, s *Spec) (*Result, error) {
 	for _, v := range per {
 		sum += v
 	}
+	// Allocations in steady state: a second pass of as many reads at other
+	// random offsets, untimed and unchecked, between two MemStats.
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	for range s.Reads {
+		if _, err := ra.ReadAt(buf, rng.Int64N(s.Size-readSize+1)); err != nil {
+			return nil, err
+		}
+	}
+	runtime.ReadMemStats(&m1)
+	// The reference: pread one whole sealed chunk (64 KiB + 16) of the
+	// page-cached rawFile at a random index and open it with raw AES-GCM.
+	refLat, err := rawChunkLatency(s.Dir, s.Reads, rng)
+	if err != nil {
+		return nil, err
+	}
 	res.Metrics = map[string]float64{
-		"open_ms":             float64(open.Microseconds()) / 1000,
-		"open_reads":          float64(openReads),
-		"median_us":           median(lat),
-		"p90_us":              percentile(lat, 0.90),
-		"p99_us":              percentile(lat, 0.99),
-		"decrypts_mean":       sum / float64(len(per)),
-		"decrypts_max":        slices.Max(per),
-		"spanning_share":      float64(spanning) / float64(s.Reads),
-		"bytes_read_per_read": float64(readBytes) / float64(s.Reads),
-		"reads":               float64(s.Reads),
+		"open_ms":              float64(open.Microseconds()) / 1000,
+		"open_reads":           float64(openReads),
+		"median_us":            median(lat),
+		"p90_us":               percentile(lat, 0.90),
+		"p99_us":               percentile(lat, 0.99),
+		"decrypts_mean":        sum / float64(len(per)),
+		"decrypts_max":         slices.Max(per),
+		"spanning_share":       float64(spanning) / float64(s.Reads),
+		"bytes_read_per_read":  float64(readBytes) / float64(s.Reads),
+		"reads":                float64(s.Reads),
+		"allocs_per_read":      float64(m1.Mallocs-m0.Mallocs) / float64(s.Reads),
+		"alloc_bytes_per_read": float64(m1.TotalAlloc-m0.TotalAlloc) / float64(s.Reads),
+		"ref_median_us":        median(refLat),
+		"ref_p99_us":           percentile(refLat, 0.99),
 	}
 	return res, nil
+}
+
+// rawChunkLatency times n preads of one sealed chunk of rawFile at random
+// indexes, each opened with raw AES-GCM into a reused buffer, in µs.
+func rawChunkLatency(dir string, n int, rng *rand.Rand) ([]float64, error) {
+	a, err := rawFileGCM()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(dir + "/" + rawFile)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	const sealed = rawChunk + 16
+	full := fi.Size() / sealed // whole chunks only
+	if full == 0 {
+		return nil, fmt.Errorf("%s holds no whole chunk", rawFile)
+	}
+	buf, out := make([]byte, sealed), make([]byte, 0, rawChunk)
+	var nonce [12]byte
+	lat := make([]float64, 0, n)
+	for range n {
+		i := rng.Int64N(full)
+		st := time.Now()
+		if _, err := f.ReadAt(buf, i*sealed); err != nil {
+			return nil, err
+		}
+		if _, err := a.Open(out[:0], chunkNonce(&nonce, uint64(i)), buf, nil); err != nil {
+			return nil, err
+		}
+		lat = append(lat, float64(time.Since(st).Nanoseconds())/1000)
+	}
+	return lat, nil
 }
 
 // measureRewrap rotates the local KEK, then rewraps the 1 MiB file and the
@@ -268,24 +327,71 @@ func measureSmallLocal(ctx context.Context, s *Spec) (*Result, error) {
 	pts := objects(s.Objects)
 	enc := &envelope.Encrypter{KEKs: []kms.KEK{kek}}
 	dec := &envelope.Decrypter{Keyring: envelope.KEKs{kek}}
+	g, err := newRawGCM()
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]float64{}
+	// allocPhase runs f between two MemStats, after a GC, and records its
+	// allocated bytes per object.
+	allocPhase := func(name string, f func() (time.Duration, error)) error {
+		runtime.GC()
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		d, err := f()
+		runtime.ReadMemStats(&m1)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		m[name+"_per_s"] = perSecond(s.Objects, d)
+		m[name+"_alloc_bytes"] = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(s.Objects)
+		m[name+"_allocs"] = float64(m1.Mallocs-m0.Mallocs) / float64(s.Objects)
+		return nil
+	}
 	t, err := startTimer(s)
 	if err != nil {
 		return nil, err
 	}
-	cts, dEnc, err := sealAll(ctx, enc, pts, s.Workers)
-	if err != nil {
+	// The reference: raw AES-GCM sealing and opening each 4 KiB object as
+	// one chunk into a freshly allocated output, on the same pool.
+	rawCTs := make([][]byte, len(pts))
+	if err := allocPhase("raw_seal", func() (time.Duration, error) {
+		return pool(s.Workers, len(pts), func(i int) error {
+			var nonce [12]byte
+			rawCTs[i] = g.aead.Seal(nil, chunkNonce(&nonce, uint64(i)), pts[i], nil)
+			return nil
+		})
+	}); err != nil {
 		return nil, err
 	}
-	dDec, err := openAll(ctx, dec, cts, pts, s.Workers)
-	if err != nil {
+	if err := allocPhase("raw_open", func() (time.Duration, error) {
+		return pool(s.Workers, len(pts), func(i int) error {
+			var nonce [12]byte
+			pt, err := g.aead.Open(nil, chunkNonce(&nonce, uint64(i)), rawCTs[i], nil)
+			if err == nil && !bytes.Equal(pt, pts[i]) {
+				err = fmt.Errorf("raw object %d: wrong plaintext", i)
+			}
+			return err
+		})
+	}); err != nil {
+		return nil, err
+	}
+	rawCTs = nil
+	var cts [][]byte
+	if err := allocPhase("encrypt", func() (d time.Duration, err error) {
+		cts, d, err = sealAll(ctx, enc, pts, s.Workers)
+		return d, err
+	}); err != nil {
+		return nil, err
+	}
+	if err := allocPhase("decrypt", func() (time.Duration, error) {
+		return openAll(ctx, dec, cts, pts, s.Workers)
+	}); err != nil {
 		return nil, err
 	}
 	res := t.stop(0)
-	res.Metrics = map[string]float64{
-		"encrypt_per_s":  perSecond(s.Objects, dEnc),
-		"decrypt_per_s":  perSecond(s.Objects, dDec),
-		"overhead_bytes": float64(len(cts[0]) - len(pts[0])),
-	}
+	m["overhead_bytes"] = float64(len(cts[0]) - len(pts[0]))
+	res.Metrics = m
 	return res, nil
 }
 

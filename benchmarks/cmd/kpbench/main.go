@@ -24,7 +24,7 @@ func main() {
 		os.Exit(kpbench.RunChild())
 	}
 	o := kpbench.DefaultOptions()
-	quick := flag.Bool("quick", false, "a small run: 16 MiB, one round, 64 MiB random-access file, 500 small files")
+	quick := flag.Bool("quick", false, "a small run, under a minute: 16 MiB, one round, 64 MiB random-access file, 500 small files, no sweep")
 	out := flag.String("o", "", "write the report to `FILE` (- for standard output; default BENCHMARKS.md in -repo)")
 	jsonOut := flag.String("json", "", "also write the run, every measurement included, as JSON to `FILE`")
 	from := flag.String("from", "", "measure nothing: render the report from a run saved with -json in `FILE`")
@@ -45,7 +45,11 @@ func main() {
 	quietWait := flag.Duration("quiet-wait", -1, "how long to wait for a quiet machine before each measurement (default 10s, 2s with -quick)")
 	attempts := flag.Int("attempts", 0, "attempts at each measurement while disturbed (default 3, 2 with -quick)")
 	budget := flag.Duration("budget", 0, "stop waiting and repeating after this long (default 9m, 1m with -quick)")
-	tmp := flag.String("tmp", "", "make the run's temporary directory (up to 3 × size + ra-size) under `DIR`")
+	tmp := flag.String("tmp", "", "make the run's temporary directory (up to 4 × size + ra-size) under `DIR`")
+	tmpfs := flag.String("tmpfs", "", "the tmpfs `DIR` of the file → tmpfs cases (default /dev/shm if it is a tmpfs, else the first tmpfs of /run/shm, /tmp, $TMPDIR)")
+	pipeline := flag.Int("pipeline", 0, "files of the batch-rewrap pipeline, 100 per DEK (default 10000, 500 with -quick)")
+	blobSize := flag.String("blob-size", "", "`size` of the object of the ranged reads over a bucket (default 64MiB, 16MiB with -quick)")
+	blobReads := flag.Int("blob-reads", 0, "random 4 KiB reads of that object per round (default 1000, 200 with -quick)")
 	flag.Parse()
 	if *quick {
 		o = kpbench.QuickOptions()
@@ -72,6 +76,13 @@ func main() {
 	setInt(&o.Reads, *reads)
 	setInt(&o.Workers, *workers)
 	setInt(&o.Attempts, *attempts)
+	setInt(&o.PipelineN, *pipeline)
+	setInt(&o.BlobReads, *blobReads)
+	if *blobSize != "" {
+		if o.BlobSize, err = parseSize(*blobSize); err != nil {
+			fail(err)
+		}
+	}
 	if *quiet > 0 {
 		o.Quiet = *quiet
 	}
@@ -89,7 +100,7 @@ func main() {
 			fail(err)
 		}
 	}
-	o.Repo, o.NoCLI, o.CPUProfile, o.TmpDir = *repo, *noCLI, *cpuprofile, *tmp
+	o.Repo, o.NoCLI, o.CPUProfile, o.TmpDir, o.Tmpfs = *repo, *noCLI, *cpuprofile, *tmp, *tmpfs
 	o.Sweep = o.Sweep && *sweep
 	if *out == "" {
 		*out = filepath.Join(*repo, "BENCHMARKS.md")
