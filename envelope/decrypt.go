@@ -123,8 +123,55 @@ func (d *Decrypter) Decrypt(ctx context.Context, dst io.Writer, src io.Reader) e
 	return err
 }
 
-// Open decrypts a whole file held in memory; see the function [Open].
+// Open decrypts a whole file held in memory; see the function [Open]. It
+// allocates the plaintext once, at its exact size, and opens the chunks
+// straight from ciphertext into it, in parallel on d.Workers goroutines
+// (GOMAXPROCS by default), which have all returned when Open returns. It
+// never writes to ciphertext. It fails as [Decrypter.Decrypt] would, with
+// the same error class (FORMAT.md §1.4 and §2.1: the stream first, then
+// the size, then trailing data), and then returns no plaintext at all.
 func (d *Decrypter) Open(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	h, err := format.ReadHeader(bytes.NewReader(ciphertext))
+	if err != nil {
+		return nil, err
+	}
+	if h.Core.Zstd {
+		return d.openStreaming(ctx, ciphertext)
+	}
+	c, _, err := d.openHeader(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	body := ciphertext[h.Size():]
+	sb := body
+	want := h.Core.PlaintextSize
+	if want >= 0 {
+		// FORMAT.md §2.1: the stream is at most the body the recorded
+		// size implies.
+		expected, err := h.Core.Stream.BodySize(want)
+		if err != nil {
+			return nil, err
+		}
+		sb = body[:min(int64(len(body)), expected)]
+	}
+	plaintext, err := c.OpenBody(nil, sb, &stream.Options{Workers: d.Workers, Context: ctx})
+	if err != nil {
+		return nil, err
+	}
+	if want >= 0 && int64(len(plaintext)) != want {
+		clear(plaintext)
+		return nil, fmt.Errorf("envelope: %w: %d bytes decrypted, the header says %d", ErrSizeMismatch, len(plaintext), want)
+	}
+	if len(sb) < len(body) {
+		clear(plaintext)
+		return nil, fmt.Errorf("envelope: %w", ErrTrailingData)
+	}
+	d.tel.get(d.Telemetry).count(openedCounter, int64(len(plaintext)))
+	return plaintext, nil
+}
+
+// openStreaming is Open through a Reader, for a compressed file.
+func (d *Decrypter) openStreaming(ctx context.Context, ciphertext []byte) ([]byte, error) {
 	r, err := d.NewReader(ctx, bytes.NewReader(ciphertext))
 	if err != nil {
 		return nil, err

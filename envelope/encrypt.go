@@ -138,8 +138,37 @@ func (e *Encrypter) Encrypt(ctx context.Context, dst io.Writer, src io.Reader) e
 	return w.Close()
 }
 
-// Seal encrypts a small plaintext and returns the whole file.
+// Seal encrypts a plaintext held in memory and returns the whole file. It
+// allocates the file once, at its exact size, and seals the chunks straight
+// from plaintext into it, in parallel on e.Workers goroutines (GOMAXPROCS by
+// default; one for a plaintext of one chunk), which have all returned when
+// Seal returns. ctx bounds the KMS calls and is checked between chunks: once
+// it is done, Seal fails with its error. On any error Seal returns nil.
 func (e *Encrypter) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+	if e.Compression != CompressionNone {
+		return e.sealStreaming(ctx, plaintext)
+	}
+	size := int64(len(plaintext))
+	header, c, _, err := e.newHeader(ctx, size)
+	if err != nil {
+		return nil, err
+	}
+	bodySize, err := c.Header().BodySize(size)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: plaintext of %d bytes: %w", size, err)
+	}
+	file := make([]byte, len(header), int64(len(header))+bodySize)
+	copy(file, header)
+	file, err = c.SealBody(file, plaintext, &stream.Options{Workers: e.Workers, Context: ctx})
+	if err != nil {
+		return nil, err
+	}
+	e.tel.get(e.Telemetry).count(sealedCounter, size)
+	return file, nil
+}
+
+// sealStreaming is Seal through a Writer, for a compressed file.
+func (e *Encrypter) sealStreaming(ctx context.Context, plaintext []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	w, err := e.NewWriter(ctx, &buf, int64(len(plaintext)))
 	if err != nil {
@@ -177,7 +206,11 @@ func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*
 	// written, so a one-chunk file starts none.
 	w := &Writer{size: size, ctx: new(atomic.Pointer[context.Context]), ins: e.tel.get(e.Telemetry)}
 	w.dst = ctxWriter{w: dst, ctx: w.ctx}
-	w.sw = c.NewWriter(w.dst, &stream.Options{Workers: e.Workers})
+	opts := &stream.Options{Workers: e.Workers}
+	if size >= 0 && e.Compression == CompressionNone {
+		opts.SizeHint = max(size, 1) // no chunk-sized buffer for a small file
+	}
+	w.sw = c.NewWriter(w.dst, opts)
 	if e.Compression == CompressionZstd {
 		if w.zw, err = zstd.NewWriter(w.sw, zstd.WithEncoderConcurrency(1)); err != nil {
 			w.sw.Abort(err)

@@ -53,8 +53,29 @@ func (c *Cipher) NewWriter(dst io.Writer, opts *Options) *Writer {
 	cs := c.header.ChunkSize
 	workers := opts.workers()
 	w := &Writer{c: c, dst: dst, ctx: opts.context(), cs: cs, workers: workers, nbuf: maxBuffers(workers, cs)}
-	w.cur = w.newBuffer()
+	if hint := opts.sizeHint(); hint > 0 && hint < int64(cs) {
+		// One byte more than expected, so that ReadFrom sees the end of
+		// its reader without growing the buffer.
+		w.bufs++
+		buffersAllocated.Add(1)
+		w.cur = &chunk{buf: make([]byte, 0, int(hint)+1+TagSize), done: make(chan struct{}, 1)}
+	} else {
+		w.cur = w.newBuffer()
+	}
 	return w
+}
+
+// limit returns how much plaintext w.cur can gather: a chunk, or less
+// while it is the small buffer of [Options.SizeHint].
+func (w *Writer) limit() int { return min(w.cs, cap(w.cur.buf)-TagSize) }
+
+// grow gives w.cur room for a whole chunk.
+func (w *Writer) grow() {
+	if cap(w.cur.buf) < w.cs+TagSize {
+		b := make([]byte, len(w.cur.buf), w.cs+TagSize)
+		copy(b, w.cur.buf)
+		w.cur.buf = b
+	}
 }
 
 func (w *Writer) newBuffer() *chunk {
@@ -78,6 +99,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	ok := false
 	defer w.guard(&ok)
+	if len(w.cur.buf)+len(p) > w.limit() {
+		w.grow()
+	}
 	// Whole chunks are sealed straight from p, without a copy, but Write
 	// must wait for them before it returns. In the pipeline, the last chunks
 	// of p are copied instead, so that they are sealed after Write returns
@@ -96,7 +120,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 			p, n = p[w.cs:], n+w.cs
 			continue
 		}
-		k := copy(w.cur.buf[len(w.cur.buf):w.cs], p)
+		k := copy(w.cur.buf[len(w.cur.buf):w.limit()], p)
 		w.cur.buf = w.cur.buf[:len(w.cur.buf)+k]
 		p, n = p[k:], n+k
 		if len(w.cur.buf) == w.cs {
@@ -123,9 +147,13 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	ok := false
 	defer w.guard(&ok)
 	for w.err == nil {
-		k, err := r.Read(w.cur.buf[len(w.cur.buf):w.cs])
-		if k < 0 || k > w.cs-len(w.cur.buf) {
-			w.fail(fmt.Errorf("stream: the reader returned %d bytes for a %d-byte read", k, w.cs-len(w.cur.buf)))
+		if len(w.cur.buf) == w.limit() {
+			w.grow()
+		}
+		limit := w.limit()
+		k, err := r.Read(w.cur.buf[len(w.cur.buf):limit])
+		if k < 0 || k > limit-len(w.cur.buf) {
+			w.fail(fmt.Errorf("stream: the reader returned %d bytes for a %d-byte read", k, limit-len(w.cur.buf)))
 			break
 		}
 		w.cur.buf = w.cur.buf[:len(w.cur.buf)+k]
