@@ -266,7 +266,7 @@ func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64
 		}
 		streamSize = min(bodySize, expected)
 	}
-	sra, err := c.NewReaderAt(io.NewSectionReader(src, h.Size(), streamSize), streamSize)
+	sra, err := c.NewReaderAtOptions(io.NewSectionReader(src, h.Size(), streamSize), streamSize, &stream.Options{Workers: d.Workers})
 	if err != nil {
 		return nil, err
 	}
