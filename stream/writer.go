@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -254,13 +255,13 @@ func (w *Writer) guard(ok *bool) {
 func (w *Writer) submit(final bool) bool {
 	ch := w.cur
 	if err := w.ctxErr(); err != nil {
-		ch.src = nil
+		ch.src, ch.ra = nil, nil
 		w.fail(err)
 		return false
 	}
 	// A non-final chunk must leave an index for the final one.
 	if w.index >= w.c.maxChunks || !final && w.index+1 >= w.c.maxChunks {
-		ch.src = nil
+		ch.src, ch.ra = nil, nil
 		// The chunks before go out all the same: the stream stays
 		// without a final chunk.
 		for w.err == nil && w.pending.n > 0 {
@@ -280,6 +281,11 @@ func (w *Writer) submit(final bool) bool {
 	}
 	if w.pool == nil {
 		sealChunk(w.c, ch)
+		if ch.err != nil {
+			ch.buf = ch.buf[:0]
+			w.failChunk(ch)
+			return false
+		}
 		err := w.write(ch.buf)
 		ch.buf = ch.buf[:0]
 		if err != nil {
@@ -322,6 +328,12 @@ func (w *Writer) takeBuffer() *chunk {
 func (w *Writer) writeFront() {
 	ch := w.pending.pop()
 	ch.wait()
+	if ch.err != nil {
+		ch.buf = ch.buf[:0]
+		w.free = append(w.free, ch)
+		w.failChunk(ch)
+		return
+	}
 	err := w.write(ch.buf)
 	ch.buf = ch.buf[:0]
 	w.free = append(w.free, ch)
@@ -331,12 +343,92 @@ func (w *Writer) writeFront() {
 }
 
 func sealChunk(c *Cipher, ch *chunk) {
+	ch.err = nil
+	if ch.ra != nil && !ch.readAt() {
+		return
+	}
 	if ch.src != nil {
 		ch.buf = c.sealNonce(&ch.nonce, ch.buf[:0], ch.src, ch.index, ch.final)
 		ch.src = nil
 		return
 	}
 	ch.buf = c.sealNonce(&ch.nonce, ch.buf[:0], ch.buf, ch.index, ch.final)
+}
+
+// failChunk fails the Writer with the error of a chunk read from an
+// io.ReaderAt, and raises again on the caller's goroutine what the reader
+// panicked with.
+func (w *Writer) failChunk(ch *chunk) {
+	err, v := ch.err, ch.panicked
+	ch.err, ch.panicked = nil, nil
+	w.fail(err)
+	if v != nil {
+		w.closed = true
+		panic(v)
+	}
+}
+
+// ReadFromAt encrypts the n bytes of src from offset off. The Writer's
+// workers read the whole chunks among them with src.ReadAt, concurrently,
+// each into its own chunk buffer, and seal them there; the caller's
+// goroutine reads the bytes that complete a chunk begun by an earlier call,
+// and those after the last whole chunk, and writes every chunk to the
+// underlying writer, in order. So it reads src in parallel, within the
+// Writer's [MemoryBudget]. It returns once the n bytes are written out, or
+// an error: src ending before them (an error matching [ErrTruncated]), an
+// error from src or the underlying writer, or the Writer's context; like
+// any error, it fails the Writer. It does not use src's Read or Seek, so a
+// file's offset does not move. A panic in src is raised again on the
+// caller's goroutine, and the Writer is abandoned.
+func (w *Writer) ReadFromAt(src io.ReaderAt, off, n int64) (int64, error) {
+	if w.closed {
+		return 0, ErrClosed
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	ok := false
+	defer w.guard(&ok)
+	var done int64
+	for done < n && w.err == nil {
+		if len(w.cur.buf) > 0 || n-done < int64(w.cs) {
+			// Part of a chunk, on the caller's goroutine.
+			if len(w.cur.buf) == w.limit() {
+				w.grow()
+			}
+			limit := w.limit()
+			k := int(min(int64(limit-len(w.cur.buf)), n-done))
+			got, err := src.ReadAt(w.cur.buf[len(w.cur.buf):len(w.cur.buf)+k], off+done)
+			if got < k {
+				if err == nil || errors.Is(err, io.EOF) {
+					err = &ChunkError{Index: w.index, Err: ErrTruncated}
+				}
+				w.fail(fmt.Errorf("stream: reading chunk %d: %w", w.index, err))
+				break
+			}
+			w.cur.buf = w.cur.buf[:len(w.cur.buf)+k]
+			done += int64(k)
+			if len(w.cur.buf) == w.cs {
+				w.submit(false)
+			}
+			continue
+		}
+		w.grow()
+		w.cur.ra, w.cur.raOff, w.cur.raLen = src, off+done, w.cs
+		if !w.submit(false) {
+			break
+		}
+		done += int64(w.cs)
+	}
+	// Write out every chunk, so that an error reading src is known now.
+	for w.err == nil && w.pending.n > 0 {
+		w.writeFront()
+	}
+	ok = true
+	if w.err != nil {
+		return 0, w.err
+	}
+	return done, nil
 }
 
 func (w *Writer) write(b []byte) error {
