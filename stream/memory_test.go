@@ -262,3 +262,36 @@ func TestWriterSizeHint(t *testing.T) {
 		}
 	}
 }
+
+// FuzzOpenBody: on any body, OpenBody and the Reader whose workers read
+// with ReadAt fail or succeed as the sequential Reader does, and OpenBody
+// never writes to the body.
+func FuzzOpenBody(f *testing.F) {
+	const cs = MinChunkSize
+	c := testCipher(f, testKey("fuzz-openbody"), cs, "fuzz-openbody")
+	for _, n := range []int{0, 10, cs, 2*cs + 3} {
+		body, _ := c.SealBody(nil, testPlaintext(n, 1), nil)
+		f.Add(body, uint16(0), byte(0))
+		f.Add(body, uint16(n/2), byte(1))
+	}
+	f.Fuzz(func(t *testing.T, body []byte, at uint16, x byte) {
+		if len(body) > 0 {
+			body[int(at)%len(body)] ^= x
+		}
+		want, wantErr := sequentialOpen(c, body)
+		sum := sha256.Sum256(body)
+		got, err := c.OpenBody(nil, body, &Options{Workers: 3})
+		if sha256.Sum256(body) != sum {
+			t.Fatal("OpenBody wrote to the body")
+		}
+		if !sameFailure(err, wantErr) || err == nil && !bytes.Equal(got, want) || err != nil && got != nil {
+			t.Fatalf("OpenBody: %v; the Reader: %v", err, wantErr)
+		}
+		r := c.NewReaderFromAt(bytes.NewReader(body), int64(len(body)), &Options{Workers: 2})
+		defer r.Close()
+		got, err = io.ReadAll(r)
+		if !sameFailure(err, wantErr) || err == nil && !bytes.Equal(got, want) {
+			t.Fatalf("NewReaderFromAt: %v; the Reader: %v", err, wantErr)
+		}
+	})
+}
