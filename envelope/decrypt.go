@@ -123,8 +123,55 @@ func (d *Decrypter) Decrypt(ctx context.Context, dst io.Writer, src io.Reader) e
 	return err
 }
 
-// Open decrypts a whole file held in memory; see the function [Open].
+// Open decrypts a whole file held in memory; see the function [Open]. It
+// allocates the plaintext once, at its exact size, and opens the chunks
+// straight from ciphertext into it, in parallel on d.Workers goroutines
+// (GOMAXPROCS by default), which have all returned when Open returns. It
+// never writes to ciphertext. It fails as [Decrypter.Decrypt] would, with
+// the same error class (FORMAT.md §1.4 and §2.1: the stream first, then
+// the size, then trailing data), and then returns no plaintext at all.
 func (d *Decrypter) Open(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	h, err := format.ReadHeader(bytes.NewReader(ciphertext))
+	if err != nil {
+		return nil, err
+	}
+	if h.Core.Zstd {
+		return d.openStreaming(ctx, ciphertext)
+	}
+	c, _, err := d.openHeader(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	body := ciphertext[h.Size():]
+	sb := body
+	want := h.Core.PlaintextSize
+	if want >= 0 {
+		// FORMAT.md §2.1: the stream is at most the body the recorded
+		// size implies.
+		expected, err := h.Core.Stream.BodySize(want)
+		if err != nil {
+			return nil, err
+		}
+		sb = body[:min(int64(len(body)), expected)]
+	}
+	plaintext, err := c.OpenBody(nil, sb, &stream.Options{Workers: d.Workers, Context: ctx})
+	if err != nil {
+		return nil, err
+	}
+	if want >= 0 && int64(len(plaintext)) != want {
+		clear(plaintext)
+		return nil, fmt.Errorf("envelope: %w: %d bytes decrypted, the header says %d", ErrSizeMismatch, len(plaintext), want)
+	}
+	if len(sb) < len(body) {
+		clear(plaintext)
+		return nil, fmt.Errorf("envelope: %w", ErrTrailingData)
+	}
+	d.tel.get(d.Telemetry).count(openedCounter, int64(len(plaintext)))
+	return plaintext, nil
+}
+
+// openStreaming is Open through a Reader, for a compressed file.
+func (d *Decrypter) openStreaming(ctx context.Context, ciphertext []byte) ([]byte, error) {
 	r, err := d.NewReader(ctx, bytes.NewReader(ciphertext))
 	if err != nil {
 		return nil, err
@@ -140,7 +187,23 @@ func (d *Decrypter) Open(ctx context.Context, ciphertext []byte) ([]byte, error)
 
 // NewReader returns a Reader of the plaintext of the file read from src. ctx
 // bounds the KMS calls made here, not the stream: see [Reader.SetContext].
+//
+// When src is a regular file (an io.ReaderAt with Seek and Stat, such as an
+// *os.File) and the file is not compressed, the Reader's workers read its
+// chunks themselves, with ReadAt, concurrently and in parallel (see
+// [stream.Cipher.NewReaderFromAt]): the body's size, hence its final chunk,
+// is known from the file's size at NewReader, and the Reader fails as one
+// reading the file in order would. The file's offset does not move until
+// the Reader reaches the end of the file, which leaves it at the end.
 func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, error) {
+	if f, off, n, ok := asFile(src); ok {
+		if r, err := d.newFileReader(ctx, f, off, n); r != nil || err != nil {
+			return r, err
+		}
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
 	h, err := readHeaderLocked(ctx, src, func() (*format.Header, error) { return format.ReadHeader(src) })
 	if err != nil {
 		return nil, err
@@ -160,11 +223,7 @@ func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, erro
 		body = io.LimitReader(body, bodySize)
 		r.checkTrailing = true
 	}
-	workers := d.Workers
-	if r.size >= 0 && r.size < int64(h.Core.Stream.ChunkSize) {
-		workers = 1 // one chunk: no goroutine is worth starting
-	}
-	r.sr = c.NewReader(body, &stream.Options{Workers: workers})
+	r.sr = c.NewReader(body, &stream.Options{Workers: d.readWorkers(h)})
 	if h.Core.Zstd {
 		zr, err := zstd.NewReader(r.sr, zstd.WithDecoderConcurrency(1),
 			zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(maxZstdMemory))
@@ -174,6 +233,51 @@ func (d *Decrypter) NewReader(ctx context.Context, src io.Reader) (*Reader, erro
 		}
 		r.zr = zr
 	}
+	return r, nil
+}
+
+// readWorkers is the number of workers for a stream of header h.
+func (d *Decrypter) readWorkers(h *format.Header) int {
+	if size := h.Core.PlaintextSize; size >= 0 && size < int64(h.Core.Stream.ChunkSize) {
+		return 1 // one chunk: no goroutine is worth starting
+	}
+	return d.Workers
+}
+
+// newFileReader returns a Reader of the n-byte file f from offset off,
+// whose workers read the chunks with ReadAt; or nothing, with a nil
+// error, for a compressed file, which is read in order.
+func (d *Decrypter) newFileReader(ctx context.Context, f fileSource, off, n int64) (*Reader, error) {
+	h, err := readHeaderLocked(ctx, f, func() (*format.Header, error) {
+		return format.ReadHeader(io.NewSectionReader(f, off, n))
+	})
+	if err != nil {
+		return nil, err
+	}
+	if h.Core.Zstd {
+		return nil, nil
+	}
+	c, slot, err := d.openHeader(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reader{slot: slot, size: h.Core.PlaintextSize, src: f, ctx: new(atomic.Pointer[context.Context]), ins: d.tel.get(d.Telemetry)}
+	// As NewReaderAt does (FORMAT.md §2.1): with a recorded size the
+	// stream is at most the body that size implies, and what follows is
+	// trailing data, reported after the size is checked.
+	bodySize := n - h.Size()
+	streamSize := bodySize
+	if r.size >= 0 {
+		expected, err := h.Core.Stream.BodySize(r.size)
+		if err != nil {
+			return nil, err
+		}
+		streamSize = min(bodySize, expected)
+		r.trailing = bodySize > streamSize
+	}
+	r.seekEnd = func() error { _, err := f.Seek(off+n, io.SeekStart); return err }
+	body := ctxReaderAt{r: io.NewSectionReader(f, off+h.Size(), streamSize), ctx: r.ctx}
+	r.sr = c.NewReaderFromAt(body, streamSize, &stream.Options{Workers: d.readWorkers(h)})
 	return r, nil
 }
 
@@ -219,7 +323,7 @@ func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64
 		}
 		streamSize = min(bodySize, expected)
 	}
-	sra, err := c.NewReaderAt(io.NewSectionReader(src, h.Size(), streamSize), streamSize)
+	sra, err := c.NewReaderAtOptions(io.NewSectionReader(src, h.Size(), streamSize), streamSize, &stream.Options{Workers: d.Workers})
 	if err != nil {
 		return nil, err
 	}
@@ -449,7 +553,9 @@ type Reader struct {
 	size          int64 // plaintext size from the header, or -1
 	n             int64
 	checkTrailing bool
-	end           error // the outcome at the end of the stream, once known
+	trailing      bool         // data is known to follow the body
+	seekEnd       func() error // moves a file read with ReadAt to its end
+	end           error        // the outcome at the end of the stream, once known
 	ins           *instruments
 	counted       int64 // bytes counted as opened
 }
@@ -517,6 +623,12 @@ func (r *Reader) atEOF() error {
 	r.end = io.EOF
 	if r.size >= 0 && r.n != r.size {
 		r.end = fmt.Errorf("envelope: %w: %d bytes decrypted, the header says %d", ErrSizeMismatch, r.n, r.size)
+	} else if r.trailing {
+		r.end = fmt.Errorf("envelope: %w", ErrTrailingData)
+	} else if r.seekEnd != nil {
+		if err := r.seekEnd(); err != nil {
+			r.end = fmt.Errorf("envelope: %w", err)
+		}
 	} else if r.checkTrailing {
 		var b [1]byte
 		if n, err := io.ReadFull(r.src, b[:]); n > 0 {

@@ -114,7 +114,8 @@ func Seal(ctx context.Context, plaintext []byte, keks ...kms.KEK) ([]byte, error
 }
 
 // Encrypt encrypts src into dst. When src is a regular file its size is
-// recorded in the header. ctx bounds the KMS calls and the stream, and on
+// recorded in the header, and the workers read it themselves, in parallel,
+// with ReadAt (see [Writer.ReadFrom]); the file's offset ends at its end. ctx bounds the KMS calls and the stream, and on
 // any error the stream is abandoned without its final chunk; see the
 // function [Encrypt].
 func (e *Encrypter) Encrypt(ctx context.Context, dst io.Writer, src io.Reader) error {
@@ -131,15 +132,83 @@ func (e *Encrypter) Encrypt(ctx context.Context, dst io.Writer, src io.Reader) e
 		return err
 	}
 	w.SetContext(ctx)
-	if _, err := io.Copy(w, src); err != nil {
+	// Not io.Copy: an *os.File's WriteTo would hide the file from ReadFrom.
+	if _, err := w.ReadFrom(src); err != nil {
 		w.Abort(err)
 		return err
 	}
 	return w.Close()
 }
 
-// Seal encrypts a small plaintext and returns the whole file.
+// fileSource is a source read at random offsets: a regular file.
+type fileSource interface {
+	io.Reader
+	io.ReaderAt
+	io.Seeker
+	Stat() (os.FileInfo, error)
+}
+
+// asFile returns src as a regular file, with its current offset and the
+// number of bytes from there to its end, if it is one.
+func asFile(src io.Reader) (f fileSource, off, n int64, ok bool) {
+	f, ok = src.(fileSource)
+	if !ok {
+		return nil, 0, 0, false
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil, 0, 0, false
+	}
+	if off, err = f.Seek(0, io.SeekCurrent); err != nil || off > fi.Size() {
+		return nil, 0, 0, false
+	}
+	return f, off, fi.Size() - off, true
+}
+
+// ctxReaderAt fails reads once the context it points to is done.
+type ctxReaderAt struct {
+	r   io.ReaderAt
+	ctx *atomic.Pointer[context.Context]
+}
+
+func (c ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if err := ctxErr(c.ctx); err != nil {
+		return 0, err
+	}
+	return c.r.ReadAt(p, off)
+}
+
+// Seal encrypts a plaintext held in memory and returns the whole file. It
+// allocates the file once, at its exact size, and seals the chunks straight
+// from plaintext into it, in parallel on e.Workers goroutines (GOMAXPROCS by
+// default; one for a plaintext of one chunk), which have all returned when
+// Seal returns. ctx bounds the KMS calls and is checked between chunks: once
+// it is done, Seal fails with its error. On any error Seal returns nil.
 func (e *Encrypter) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+	if e.Compression != CompressionNone {
+		return e.sealStreaming(ctx, plaintext)
+	}
+	size := int64(len(plaintext))
+	header, c, _, err := e.newHeader(ctx, size)
+	if err != nil {
+		return nil, err
+	}
+	bodySize, err := c.Header().BodySize(size)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: plaintext of %d bytes: %w", size, err)
+	}
+	file := make([]byte, len(header), int64(len(header))+bodySize)
+	copy(file, header)
+	file, err = c.SealBody(file, plaintext, &stream.Options{Workers: e.Workers, Context: ctx})
+	if err != nil {
+		return nil, err
+	}
+	e.tel.get(e.Telemetry).count(sealedCounter, size)
+	return file, nil
+}
+
+// sealStreaming is Seal through a Writer, for a compressed file.
+func (e *Encrypter) sealStreaming(ctx context.Context, plaintext []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	w, err := e.NewWriter(ctx, &buf, int64(len(plaintext)))
 	if err != nil {
@@ -177,7 +246,11 @@ func (e *Encrypter) NewWriter(ctx context.Context, dst io.Writer, size int64) (*
 	// written, so a one-chunk file starts none.
 	w := &Writer{size: size, ctx: new(atomic.Pointer[context.Context]), ins: e.tel.get(e.Telemetry)}
 	w.dst = ctxWriter{w: dst, ctx: w.ctx}
-	w.sw = c.NewWriter(w.dst, &stream.Options{Workers: e.Workers})
+	opts := &stream.Options{Workers: e.Workers}
+	if size >= 0 && e.Compression == CompressionNone {
+		opts.SizeHint = max(size, 1) // no chunk-sized buffer for a small file
+	}
+	w.sw = c.NewWriter(w.dst, opts)
 	if e.Compression == CompressionZstd {
 		if w.zw, err = zstd.NewWriter(w.sw, zstd.WithEncoderConcurrency(1)); err != nil {
 			w.sw.Abort(err)
@@ -676,12 +749,42 @@ func (w *Writer) Write(p []byte) (int, error) {
 
 // ReadFrom encrypts what it reads from r until io.EOF. An error from r
 // fails the Writer, like any other.
+//
+// When r is a regular file (an io.ReaderAt with Seek and Stat, such as an
+// *os.File), the Writer's workers read the bytes from its current offset
+// to its end themselves, with ReadAt, concurrently and in parallel (see
+// [stream.Writer.ReadFromAt]); then ReadFrom reads on from there, as from
+// any reader, in case the file grew, and leaves the file's offset at its
+// end, as reading it would have. A file that shrank meanwhile fails with
+// [ErrSizeMismatch].
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	if w.done {
 		return 0, stream.ErrClosed
 	}
 	if w.err != nil {
 		return 0, w.err
+	}
+	var total int64
+	if f, off, n, ok := asFile(r); ok && w.zw == nil {
+		if w.size >= 0 {
+			n = min(n, w.size-w.n+1)
+		}
+		k, err := w.sw.ReadFromAt(ctxReaderAt{r: f, ctx: w.ctx}, off, n)
+		w.n += k
+		total += k
+		if err == nil {
+			_, err = f.Seek(off+k, io.SeekStart)
+		}
+		if errors.Is(err, stream.ErrTruncated) {
+			err = fmt.Errorf("envelope: %w: the file shrank while it was read: %w", ErrSizeMismatch, err)
+		}
+		if err == nil && w.size >= 0 && w.n > w.size {
+			err = fmt.Errorf("envelope: %w: more than the %d bytes announced", ErrSizeMismatch, w.size)
+		}
+		if err != nil {
+			w.err = err
+			return total, err
+		}
 	}
 	if w.size >= 0 {
 		// Read at most one byte more than announced, to notice it.
@@ -701,7 +804,7 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	if err != nil {
 		w.err = err
 	}
-	return n, err
+	return total + n, err
 }
 
 // Close writes the final chunk, once all the plaintext is written. If the

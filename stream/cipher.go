@@ -163,6 +163,19 @@ type Options struct {
 	// the stream (no final chunk); a Reader returns the error after the
 	// plaintext of the chunks already authenticated. Nil means none.
 	Context context.Context
+	// SizeHint, when positive, is the plaintext size a Writer expects (the
+	// size an envelope header records, say). A Writer expecting less than
+	// one chunk starts with a buffer of SizeHint+1+TagSize bytes rather than
+	// a whole chunk, and grows it to a chunk only if more is written; the
+	// stream it writes is the same. Readers ignore it.
+	SizeHint int64
+}
+
+func (o *Options) sizeHint() int64 {
+	if o == nil {
+		return 0
+	}
+	return o.SizeHint
 }
 
 func (o *Options) context() context.Context {

@@ -2,6 +2,8 @@ package stream
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -42,6 +44,39 @@ type chunk struct {
 	// nonce is the buffer for the chunk's nonce, so that sealing and
 	// opening allocate nothing.
 	nonce [nonceSize]byte
+	// ra, when set, is read by the worker: raLen bytes at raOff into buf,
+	// before it seals or opens them.
+	ra    io.ReaderAt
+	raOff int64
+	raLen int
+}
+
+// readAt reads the chunk's raLen bytes from ch.ra into ch.buf. A short read
+// fails the chunk with [ErrTruncated]; a panic in ch.ra is recovered into
+// ch.panicked, for the caller's goroutine to raise again. It reports
+// whether the chunk was read.
+func (ch *chunk) readAt() (ok bool) {
+	ra := ch.ra
+	ch.ra = nil
+	defer func() {
+		if !ok && ch.err == nil {
+			ch.panicked = recover()
+			if ch.panicked == nil {
+				ch.panicked = errPanicked
+			}
+			ch.err = errPanicked
+		}
+	}()
+	ch.buf = ch.buf[:ch.raLen]
+	if k, err := ra.ReadAt(ch.buf, ch.raOff); k < ch.raLen {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = &ChunkError{Index: ch.index, Err: ErrTruncated}
+		}
+		ch.buf = ch.buf[:0]
+		ch.err = fmt.Errorf("stream: reading chunk %d: %w", ch.index, err)
+		return false
+	}
+	return true
 }
 
 func newChunk(chunkSize int) *chunk {

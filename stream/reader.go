@@ -42,6 +42,62 @@ type Reader struct {
 	index uint64 // next chunk to read, with one worker
 	err   error  // sticky; io.EOF once the final chunk is served
 	pipe  *decPipe
+
+	// at, when set, holds the body, read with ReadAt by the workers; src
+	// is then nil.
+	at *bodyAt
+}
+
+// bodyAt is a body read with ReadAt. The producer uses it, not the
+// Reader, so that a Reader dropped without Close can be collected.
+type bodyAt struct {
+	c    *Cipher
+	ra   io.ReaderAt
+	size int64
+	ctx  context.Context
+}
+
+// NewReaderFromAt returns a Reader of the plaintext of the stream body held
+// in the first bodySize bytes of src. It decrypts as [Cipher.NewReader]
+// does from io.NewSectionReader(src, 0, bodySize), with the same errors,
+// but its workers read the chunks themselves, each with src.ReadAt into
+// its own buffer, concurrently, so that the reads are parallel too. It
+// never uses src's Read or Seek, so a file's offset does not move. A chunk
+// src returns short (a file cut meanwhile) fails with [ErrTruncated].
+func (c *Cipher) NewReaderFromAt(src io.ReaderAt, bodySize int64, opts *Options) *Reader {
+	r := c.NewReader(nil, opts)
+	r.at = &bodyAt{c: c, ra: src, size: bodySize, ctx: r.ctx}
+	return r
+}
+
+// chunk sets up chunk ch.index of a body read with ReadAt: where it is,
+// how long, and whether it is final, as a sequential read of the body
+// would find; the read itself is left to ch.readAt. It fails the chunk
+// where the sequential read would fail without opening it.
+func (b *bodyAt) chunk(ch *chunk) {
+	ch.err = nil
+	if b.ctx != nil {
+		if err := b.ctx.Err(); err != nil {
+			ch.buf = ch.buf[:0]
+			ch.err = err
+			return
+		}
+	}
+	full := int64(b.c.header.ChunkSize) + TagSize
+	off := int64(ch.index) * full
+	if off >= b.size || off < 0 {
+		ch.buf = ch.buf[:0]
+		ch.err = &ChunkError{Index: ch.index, Err: ErrTruncated}
+		return
+	}
+	n := min(full, b.size-off)
+	ch.final = n < full
+	if !ch.final && ch.index+1 >= b.c.maxChunks {
+		ch.buf = ch.buf[:0]
+		ch.err = &ChunkError{Index: ch.index, Err: ErrTooLong}
+		return
+	}
+	ch.ra, ch.raOff, ch.raLen = b.ra, off, int(n)
 }
 
 // decPipe is a Reader's pipeline: a producer goroutine reads chunks from
@@ -173,9 +229,18 @@ func (r *Reader) next() {
 		ch := r.cur
 		ch.index = r.index
 		r.index++
-		readChunk(r.src, r.ctx, r.c, ch)
+		if r.at != nil {
+			r.at.chunk(ch)
+		} else {
+			readChunk(r.src, r.ctx, r.c, ch)
+		}
 		if ch.err == nil {
 			openChunk(r.c, ch)
+		}
+		if v := ch.panicked; v != nil {
+			ch.panicked = nil
+			r.fail(errPanicked)
+			panic(v)
 		}
 		r.take(ch)
 		return
@@ -210,7 +275,7 @@ func (r *Reader) next() {
 // startPipe starts the producer and the workers.
 func (r *Reader) startPipe() {
 	d := &decPipe{order: make(chan *chunk, r.nbuf), free: make(chan *chunk, r.nbuf)}
-	c, src, ctx, cs, nbuf := r.c, r.src, r.ctx, r.cs, r.nbuf
+	c, src, ctx, cs, nbuf, at := r.c, r.src, r.ctx, r.cs, r.nbuf, r.at
 	produce := func(p *workerPool) {
 		defer close(d.order)
 		for index := uint64(0); ; index++ {
@@ -234,7 +299,14 @@ func (r *Reader) startPipe() {
 			}
 			ch.index = index
 			ch.ready = false
-			if !readChunkRecover(src, ctx, c, ch) || ch.err != nil {
+			if at != nil {
+				at.chunk(ch)
+				if ch.err != nil {
+					ch.ready = true
+					d.order <- ch
+					return
+				}
+			} else if !readChunkRecover(src, ctx, c, ch) || ch.err != nil {
 				ch.ready = true
 				d.order <- ch
 				return
@@ -313,6 +385,9 @@ func readChunk(src io.Reader, ctx context.Context, c *Cipher, ch *chunk) {
 }
 
 func openChunk(c *Cipher, ch *chunk) {
+	if ch.ra != nil && !ch.readAt() {
+		return
+	}
 	pt, err := c.openNonce(&ch.nonce, ch.buf[:0], ch.buf, ch.index, ch.final)
 	if err != nil {
 		ch.err = err

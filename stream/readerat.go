@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 )
 
@@ -11,6 +12,15 @@ import (
 // chunks it touches. It authenticates the final chunk when it is created, so
 // the plaintext size it reports is authenticated and a truncated stream is
 // refused at once. ReadAt is safe for concurrent use.
+//
+// A read that spans several chunks opens them in parallel, on up to
+// Options.Workers goroutines (the caller's included) and within
+// [MemoryBudget]; the goroutines have returned when ReadAt returns, and
+// they call the underlying io.ReaderAt concurrently. Chunk buffers are
+// reused from one read to the next (a free list of at most
+// min(2×workers+1, MemoryBudget/(ChunkSize+TagSize)) of them, and the most
+// recently opened chunk is kept), so a ReadAt in steady state allocates
+// nothing.
 //
 // ReaderAt has no Read or Seek of its own, so that no offset is shared
 // between its users: a caller who wants an [io.ReadSeeker] takes its own
@@ -21,19 +31,28 @@ type ReaderAt struct {
 	bodySize int64
 	size     int64 // plaintext size
 	chunks   int64
+	workers  int
+	maxFree  int
 
-	// last caches the most recently opened chunk.
-	last atomic.Pointer[openedChunk]
+	mu   sync.Mutex
+	free []*atBuf // guarded by mu
+	last *atBuf   // the most recently opened chunk, guarded by mu
 }
 
-type openedChunk struct {
-	index     int64
-	plaintext []byte
+// atBuf is a chunk buffer of a ReaderAt. While refs is positive the
+// buffer is in use (by reads, or as the cached last chunk) and holds the
+// plaintext of chunk index in pt.
+type atBuf struct {
+	buf   []byte
+	pt    []byte
+	index int64
+	refs  int // guarded by ReaderAt.mu
+	nonce [nonceSize]byte
 }
 
 // NewReaderAt returns a random-access reader of the stream body held in the
 // first bodySize bytes of src (the chunks, without the header). It opens the
-// final chunk before returning.
+// final chunk before returning. It is NewReaderAtOptions with nil options.
 //
 // A body size that no stream has gets the error class a sequential
 // [Reader] reports for a body whose only defect is its end (FORMAT.md
@@ -42,6 +61,13 @@ type openedChunk struct {
 // [ErrTruncated] if its last chunk opens as a full one, and
 // [ErrAuthentication] if it does not (a full chunk sealed as final, say).
 func (c *Cipher) NewReaderAt(src io.ReaderAt, bodySize int64) (*ReaderAt, error) {
+	return c.NewReaderAtOptions(src, bodySize, nil)
+}
+
+// NewReaderAtOptions is [Cipher.NewReaderAt] with options: opts.Workers
+// bounds the chunks a read opens at once (GOMAXPROCS by default). The
+// other options are ignored.
+func (c *Cipher) NewReaderAtOptions(src io.ReaderAt, bodySize int64, opts *Options) (*ReaderAt, error) {
 	size, chunks, err := c.header.layout(bodySize)
 	if err != nil {
 		return nil, c.impossibleBody(src, bodySize, err)
@@ -49,9 +75,14 @@ func (c *Cipher) NewReaderAt(src io.ReaderAt, bodySize int64) (*ReaderAt, error)
 	if chunks > int64(c.maxChunks) {
 		return nil, ErrTooLong
 	}
-	r := &ReaderAt{c: c, src: src, bodySize: bodySize, size: size, chunks: chunks}
-	if _, err := r.chunk(chunks - 1); err != nil {
+	workers := opts.workers()
+	r := &ReaderAt{c: c, src: src, bodySize: bodySize, size: size, chunks: chunks,
+		workers: min(workers, max(MemoryBudget/(c.header.ChunkSize+TagSize), 1)),
+		maxFree: maxBuffers(max(workers, 2), c.header.ChunkSize)}
+	if b, err := r.chunk(chunks - 1); err != nil {
 		return nil, err
+	} else {
+		r.release(b)
 	}
 	return r, nil
 }
@@ -83,53 +114,235 @@ func (c *Cipher) impossibleBody(src io.ReaderAt, bodySize int64, err error) erro
 // Size returns the plaintext size, authenticated by the final chunk.
 func (r *ReaderAt) Size() int64 { return r.size }
 
-// chunk returns the plaintext of chunk i, opening it if it is not cached.
-func (r *ReaderAt) chunk(i int64) ([]byte, error) {
-	if oc := r.last.Load(); oc != nil && oc.index == i {
-		return oc.plaintext, nil
+// getBuf returns a buffer, not cached and with one reference, from the
+// free list or newly allocated.
+func (r *ReaderAt) getBuf() *atBuf {
+	r.mu.Lock()
+	if k := len(r.free); k > 0 {
+		b := r.free[k-1]
+		r.free = r.free[:k-1]
+		b.refs = 1
+		r.mu.Unlock()
+		return b
 	}
+	r.mu.Unlock()
+	buffersAllocated.Add(1)
+	return &atBuf{buf: make([]byte, r.c.header.ChunkSize+TagSize), refs: 1}
+}
+
+// release drops a reference to b; the last one puts it on the free list,
+// or lets it go if the list is full.
+func (r *ReaderAt) release(b *atBuf) {
+	r.mu.Lock()
+	b.refs--
+	if b.refs == 0 {
+		b.pt = nil
+		if len(r.free) < r.maxFree {
+			r.free = append(r.free, b)
+		}
+	}
+	r.mu.Unlock()
+}
+
+// cached returns the last chunk opened, with a reference, if it is chunk i.
+func (r *ReaderAt) cached(i int64) *atBuf {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if b := r.last; b != nil && b.index == i {
+		b.refs++
+		return b
+	}
+	return nil
+}
+
+// chunk returns a buffer holding the plaintext of chunk i, with a
+// reference the caller releases, opening the chunk if it is not the one
+// cached.
+func (r *ReaderAt) chunk(i int64) (*atBuf, error) {
+	if b := r.cached(i); b != nil {
+		return b, nil
+	}
+	b := r.getBuf()
+	ct, err := r.readChunk(b.buf, i)
+	if err == nil {
+		b.pt, err = r.c.openNonce(&b.nonce, ct[:0], ct, uint64(i), i == r.chunks-1)
+	}
+	if err != nil {
+		clear(b.buf)
+		r.release(b)
+		return nil, err
+	}
+	b.index = i
+	r.mu.Lock()
+	old := r.last
+	r.last = b
+	b.refs++
+	r.mu.Unlock()
+	if old != nil {
+		r.release(old)
+	}
+	return b, nil
+}
+
+// readChunk reads the ciphertext of chunk i into buf and returns it.
+func (r *ReaderAt) readChunk(buf []byte, i int64) ([]byte, error) {
 	full := int64(r.c.header.ChunkSize) + TagSize
 	off := i * full
-	final := i == r.chunks-1
 	n := full
-	if final {
+	if i == r.chunks-1 {
 		n = r.bodySize - off
 	}
-	buf := make([]byte, n)
+	buf = buf[:n]
 	if k, err := r.src.ReadAt(buf, off); k < len(buf) {
 		if err == nil || errors.Is(err, io.EOF) {
 			err = &ChunkError{Index: uint64(i), Err: ErrTruncated}
 		}
 		return nil, fmt.Errorf("stream: reading chunk %d: %w", i, err)
 	}
-	pt, err := r.c.open(buf[:0], buf, uint64(i), final)
-	if err != nil {
-		return nil, err
+	return buf, nil
+}
+
+// readInto puts the plaintext of chunk i from offset from (within the
+// chunk) into p. A chunk that p holds whole is opened straight into p, its
+// ciphertext read into a buffer of the free list; otherwise the chunk is
+// opened in a buffer, and cached.
+func (r *ReaderAt) readInto(p []byte, i, from int64) error {
+	cs := int64(r.c.header.ChunkSize)
+	plain := min(cs, r.size-i*cs)
+	if from == 0 && int64(len(p)) >= plain && plain > 0 {
+		if b := r.cached(i); b != nil {
+			copy(p, b.pt)
+			r.release(b)
+			return nil
+		}
+		b := r.getBuf()
+		defer r.release(b)
+		ct, err := r.readChunk(b.buf, i)
+		if err == nil {
+			_, err = r.c.openNonce(&b.nonce, p[:0:plain], ct, uint64(i), i == r.chunks-1)
+		}
+		return err
 	}
-	r.last.Store(&openedChunk{index: i, plaintext: pt})
-	return pt, nil
+	b, err := r.chunk(i)
+	if err != nil {
+		return err
+	}
+	copy(p, b.pt[from:])
+	r.release(b)
+	return nil
 }
 
 // ReadAt reads len(p) bytes of plaintext starting at offset off. It
-// implements [io.ReaderAt].
+// implements [io.ReaderAt]. It returns the plaintext up to the first chunk
+// that fails, and the error; p holds nothing after that.
 func (r *ReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("stream: negative offset %d", off)
 	}
-	cs := int64(r.c.header.ChunkSize)
-	n := 0
-	for n < len(p) && off < r.size {
-		i := off / cs
-		pt, err := r.chunk(i)
-		if err != nil {
-			return n, err
+	var eof error
+	if off >= r.size {
+		if len(p) == 0 {
+			return 0, nil
 		}
-		k := copy(p[n:], pt[off-i*cs:])
-		n += k
-		off += int64(k)
+		return 0, io.EOF
 	}
-	if n < len(p) {
-		return n, io.EOF
+	if int64(len(p)) > r.size-off {
+		p, eof = p[:r.size-off], io.EOF
 	}
-	return n, nil
+	if len(p) == 0 {
+		return 0, nil
+	}
+	cs := int64(r.c.header.ChunkSize)
+	first, last := off/cs, (off+int64(len(p))-1)/cs
+	n := uint64(last - first + 1)
+	workers := uint64(r.workers)
+	if n == 1 || workers <= 1 {
+		for i := first; i <= last; i++ {
+			q, from := r.span(p, off, i)
+			if err := r.readInto(q, i, from); err != nil {
+				k := int(max(i*cs, off) - off)
+				clear(p[k:])
+				return k, err
+			}
+		}
+		return len(p), eof
+	}
+	if k, err := r.readParallel(p, off, first, n, workers); err != nil {
+		return k, err
+	}
+	return len(p), eof
+}
+
+// span returns the part of p, read from off, that chunk i holds, and the
+// offset of that part in the chunk.
+func (r *ReaderAt) span(p []byte, off, i int64) ([]byte, int64) {
+	cs := int64(r.c.header.ChunkSize)
+	lo := max(i*cs, off)
+	hi := min((i+1)*cs, off+int64(len(p)))
+	return p[lo-off : hi-off], lo - i*cs
+}
+
+// readParallel reads the n chunks from first on into p, read from off, on
+// up to workers goroutines, the caller's included. On failure it returns
+// the plaintext before the lowest chunk that failed, and that chunk's
+// error; p holds nothing after it. The goroutines have returned when it
+// returns.
+func (r *ReaderAt) readParallel(p []byte, off, first int64, n, workers uint64) (int, error) {
+	j := &spanRead{r: r, p: p, off: off, first: first, n: n}
+	for range min(workers, n) - 1 {
+		j.wg.Add(1)
+		go j.run(true)
+	}
+	j.run(false)
+	j.wg.Wait()
+	if f := j.failed.Load(); f != 0 {
+		cs := int64(r.c.header.ChunkSize)
+		i := first + f - 1
+		k := int(max(i*cs, off) - off)
+		clear(p[k:])
+		return k, j.err
+	}
+	return len(p), nil
+}
+
+// spanRead is one ReadAt spanning several chunks, shared by the goroutines
+// opening them (in one allocation).
+type spanRead struct {
+	r      *ReaderAt
+	p      []byte
+	off    int64
+	first  int64
+	n      uint64
+	next   atomic.Uint64
+	failed atomic.Int64 // lowest failed chunk - first + 1, or 0
+	mu     sync.Mutex
+	err    error // of the lowest failed chunk, guarded by mu
+	wg     sync.WaitGroup
+}
+
+// run opens chunks until none is left, or one below the next has failed.
+func (s *spanRead) run(goroutine bool) {
+	if goroutine {
+		defer s.wg.Done()
+	}
+	for {
+		j := s.next.Add(1) - 1
+		if j >= s.n {
+			return
+		}
+		if f := s.failed.Load(); f != 0 && int64(j) >= f-1 {
+			return
+		}
+		i := s.first + int64(j)
+		q, from := s.r.span(s.p, s.off, i)
+		if err := s.r.readInto(q, i, from); err != nil {
+			s.mu.Lock()
+			if f := s.failed.Load(); f == 0 || int64(j) < f-1 {
+				s.failed.Store(int64(j) + 1)
+				s.err = err
+			}
+			s.mu.Unlock()
+			return
+		}
+	}
 }

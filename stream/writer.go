@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -53,8 +54,29 @@ func (c *Cipher) NewWriter(dst io.Writer, opts *Options) *Writer {
 	cs := c.header.ChunkSize
 	workers := opts.workers()
 	w := &Writer{c: c, dst: dst, ctx: opts.context(), cs: cs, workers: workers, nbuf: maxBuffers(workers, cs)}
-	w.cur = w.newBuffer()
+	if hint := opts.sizeHint(); hint > 0 && hint < int64(cs) {
+		// One byte more than expected, so that ReadFrom sees the end of
+		// its reader without growing the buffer.
+		w.bufs++
+		buffersAllocated.Add(1)
+		w.cur = &chunk{buf: make([]byte, 0, int(hint)+1+TagSize), done: make(chan struct{}, 1)}
+	} else {
+		w.cur = w.newBuffer()
+	}
 	return w
+}
+
+// limit returns how much plaintext w.cur can gather: a chunk, or less
+// while it is the small buffer of [Options.SizeHint].
+func (w *Writer) limit() int { return min(w.cs, cap(w.cur.buf)-TagSize) }
+
+// grow gives w.cur room for a whole chunk.
+func (w *Writer) grow() {
+	if cap(w.cur.buf) < w.cs+TagSize {
+		b := make([]byte, len(w.cur.buf), w.cs+TagSize)
+		copy(b, w.cur.buf)
+		w.cur.buf = b
+	}
 }
 
 func (w *Writer) newBuffer() *chunk {
@@ -78,6 +100,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	ok := false
 	defer w.guard(&ok)
+	if len(w.cur.buf)+len(p) > w.limit() {
+		w.grow()
+	}
 	// Whole chunks are sealed straight from p, without a copy, but Write
 	// must wait for them before it returns. In the pipeline, the last chunks
 	// of p are copied instead, so that they are sealed after Write returns
@@ -96,7 +121,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 			p, n = p[w.cs:], n+w.cs
 			continue
 		}
-		k := copy(w.cur.buf[len(w.cur.buf):w.cs], p)
+		k := copy(w.cur.buf[len(w.cur.buf):w.limit()], p)
 		w.cur.buf = w.cur.buf[:len(w.cur.buf)+k]
 		p, n = p[k:], n+k
 		if len(w.cur.buf) == w.cs {
@@ -123,9 +148,13 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	ok := false
 	defer w.guard(&ok)
 	for w.err == nil {
-		k, err := r.Read(w.cur.buf[len(w.cur.buf):w.cs])
-		if k < 0 || k > w.cs-len(w.cur.buf) {
-			w.fail(fmt.Errorf("stream: the reader returned %d bytes for a %d-byte read", k, w.cs-len(w.cur.buf)))
+		if len(w.cur.buf) == w.limit() {
+			w.grow()
+		}
+		limit := w.limit()
+		k, err := r.Read(w.cur.buf[len(w.cur.buf):limit])
+		if k < 0 || k > limit-len(w.cur.buf) {
+			w.fail(fmt.Errorf("stream: the reader returned %d bytes for a %d-byte read", k, limit-len(w.cur.buf)))
 			break
 		}
 		w.cur.buf = w.cur.buf[:len(w.cur.buf)+k]
@@ -226,13 +255,13 @@ func (w *Writer) guard(ok *bool) {
 func (w *Writer) submit(final bool) bool {
 	ch := w.cur
 	if err := w.ctxErr(); err != nil {
-		ch.src = nil
+		ch.src, ch.ra = nil, nil
 		w.fail(err)
 		return false
 	}
 	// A non-final chunk must leave an index for the final one.
 	if w.index >= w.c.maxChunks || !final && w.index+1 >= w.c.maxChunks {
-		ch.src = nil
+		ch.src, ch.ra = nil, nil
 		// The chunks before go out all the same: the stream stays
 		// without a final chunk.
 		for w.err == nil && w.pending.n > 0 {
@@ -252,6 +281,11 @@ func (w *Writer) submit(final bool) bool {
 	}
 	if w.pool == nil {
 		sealChunk(w.c, ch)
+		if ch.err != nil {
+			ch.buf = ch.buf[:0]
+			w.failChunk(ch)
+			return false
+		}
 		err := w.write(ch.buf)
 		ch.buf = ch.buf[:0]
 		if err != nil {
@@ -294,6 +328,12 @@ func (w *Writer) takeBuffer() *chunk {
 func (w *Writer) writeFront() {
 	ch := w.pending.pop()
 	ch.wait()
+	if ch.err != nil {
+		ch.buf = ch.buf[:0]
+		w.free = append(w.free, ch)
+		w.failChunk(ch)
+		return
+	}
 	err := w.write(ch.buf)
 	ch.buf = ch.buf[:0]
 	w.free = append(w.free, ch)
@@ -303,12 +343,92 @@ func (w *Writer) writeFront() {
 }
 
 func sealChunk(c *Cipher, ch *chunk) {
+	ch.err = nil
+	if ch.ra != nil && !ch.readAt() {
+		return
+	}
 	if ch.src != nil {
 		ch.buf = c.sealNonce(&ch.nonce, ch.buf[:0], ch.src, ch.index, ch.final)
 		ch.src = nil
 		return
 	}
 	ch.buf = c.sealNonce(&ch.nonce, ch.buf[:0], ch.buf, ch.index, ch.final)
+}
+
+// failChunk fails the Writer with the error of a chunk read from an
+// io.ReaderAt, and raises again on the caller's goroutine what the reader
+// panicked with.
+func (w *Writer) failChunk(ch *chunk) {
+	err, v := ch.err, ch.panicked
+	ch.err, ch.panicked = nil, nil
+	w.fail(err)
+	if v != nil {
+		w.closed = true
+		panic(v)
+	}
+}
+
+// ReadFromAt encrypts the n bytes of src from offset off. The Writer's
+// workers read the whole chunks among them with src.ReadAt, concurrently,
+// each into its own chunk buffer, and seal them there; the caller's
+// goroutine reads the bytes that complete a chunk begun by an earlier call,
+// and those after the last whole chunk, and writes every chunk to the
+// underlying writer, in order. So it reads src in parallel, within the
+// Writer's [MemoryBudget]. It returns once the n bytes are written out, or
+// an error: src ending before them (an error matching [ErrTruncated]), an
+// error from src or the underlying writer, or the Writer's context; like
+// any error, it fails the Writer. It does not use src's Read or Seek, so a
+// file's offset does not move. A panic in src is raised again on the
+// caller's goroutine, and the Writer is abandoned.
+func (w *Writer) ReadFromAt(src io.ReaderAt, off, n int64) (int64, error) {
+	if w.closed {
+		return 0, ErrClosed
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	ok := false
+	defer w.guard(&ok)
+	var done int64
+	for done < n && w.err == nil {
+		if len(w.cur.buf) > 0 || n-done < int64(w.cs) {
+			// Part of a chunk, on the caller's goroutine.
+			if len(w.cur.buf) == w.limit() {
+				w.grow()
+			}
+			limit := w.limit()
+			k := int(min(int64(limit-len(w.cur.buf)), n-done))
+			got, err := src.ReadAt(w.cur.buf[len(w.cur.buf):len(w.cur.buf)+k], off+done)
+			if got < k {
+				if err == nil || errors.Is(err, io.EOF) {
+					err = &ChunkError{Index: w.index, Err: ErrTruncated}
+				}
+				w.fail(fmt.Errorf("stream: reading chunk %d: %w", w.index, err))
+				break
+			}
+			w.cur.buf = w.cur.buf[:len(w.cur.buf)+k]
+			done += int64(k)
+			if len(w.cur.buf) == w.cs {
+				w.submit(false)
+			}
+			continue
+		}
+		w.grow()
+		w.cur.ra, w.cur.raOff, w.cur.raLen = src, off+done, w.cs
+		if !w.submit(false) {
+			break
+		}
+		done += int64(w.cs)
+	}
+	// Write out every chunk, so that an error reading src is known now.
+	for w.err == nil && w.pending.n > 0 {
+		w.writeFront()
+	}
+	ok = true
+	if w.err != nil {
+		return 0, w.err
+	}
+	return done, nil
 }
 
 func (w *Writer) write(b []byte) error {

@@ -67,7 +67,16 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 		return err
 	}
 	d := &envelope.Decrypter{Keyring: keyring, Context: required}
-	src, done := u.progress(in, in.size, *quiet, "decrypting")
+	var src io.Reader
+	var done func()
+	if in.regular() {
+		// The library's workers read the file themselves, in parallel.
+		src, done = u.fileProgress(ctx, in.file, in.size, *quiet, "decrypting")
+	} else {
+		var p io.Reader
+		p, done = u.progress(in, in.size, *quiet, "decrypting")
+		src = ctxReader{ctx, p}
+	}
 	defer done()
 	kctx, cancel := context.WithTimeout(ctx, *kmsTimeout)
 	defer cancel()
@@ -77,7 +86,7 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err := d.NewReader(kctx, ctxReader{ctx, src})
+	r, err := d.NewReader(kctx, src)
 	unlock()
 	cancel()
 	if err != nil {

@@ -113,9 +113,16 @@ func cmdEncrypt(ctx context.Context, u *ui, args []string) error {
 	// An error or an interrupt abandons the output: without its final
 	// chunk, what reached it never decrypts.
 	w.SetContext(ctx)
-	src, done := u.progress(in, in.size, *quiet, "encrypting")
-	_, err = io.Copy(w, ctxReader{ctx, src})
-	done()
+	if in.regular() {
+		// The library's workers read the file themselves, in parallel.
+		src, done := u.fileProgress(ctx, in.file, in.size, *quiet, "encrypting")
+		_, err = w.ReadFrom(src)
+		done()
+	} else {
+		src, done := u.progress(in, in.size, *quiet, "encrypting")
+		_, err = io.Copy(w, ctxReader{ctx, src})
+		done()
+	}
 	if err == nil {
 		err = ctx.Err()
 	}

@@ -139,6 +139,45 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
+// fileSource is a regular input file as the library reads it: with Read,
+// and with ReadAt from its workers, concurrently (see
+// envelope.Writer.ReadFrom and envelope.Decrypter.NewReader). Every read
+// checks ctx, so that an interrupt stops the copy between chunks, and
+// counts the progress.
+type fileSource struct {
+	f   *os.File
+	ctx context.Context
+	add func(int) // nil, or safe for concurrent use
+}
+
+func (s *fileSource) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := s.f.Read(p)
+	if s.add != nil {
+		s.add(n)
+	}
+	return n, err
+}
+
+func (s *fileSource) ReadAt(p []byte, off int64) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := s.f.ReadAt(p, off)
+	if s.add != nil {
+		s.add(n)
+	}
+	return n, err
+}
+
+func (s *fileSource) Seek(off int64, whence int) (int64, error) { return s.f.Seek(off, whence) }
+func (s *fileSource) Stat() (os.FileInfo, error)                { return s.f.Stat() }
+
+// regular reports whether the input is a regular file of known size.
+func (in *input) regular() bool { return in.file != nil && in.size >= 0 }
+
 // outputError says why OUT cannot be created, in the user's terms: no
 // temporary file's name, which the user never gave.
 func outputError(path string, err error) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -113,6 +114,29 @@ func (u *ui) progress(r io.Reader, size int64, quiet bool, what string) (io.Read
 	)
 	pr := progressbar.NewReader(r, bar)
 	return &pr, func() { bar.Finish() }
+}
+
+// fileProgress is progress for a regular input file that the library reads
+// with ReadAt from its workers: it returns the source to give the library
+// (a fileSource, which the library recognises as a file) and the function
+// that ends the bar.
+func (u *ui) fileProgress(ctx context.Context, f *os.File, size int64, quiet bool, what string) (*fileSource, func()) {
+	src := &fileSource{f: f, ctx: ctx}
+	if quiet || size < progressThreshold || !isTerminal(u.stderr) {
+		return src, func() {}
+	}
+	bar := progressbar.NewOptions64(size,
+		progressbar.OptionSetWriter(u.stderr),
+		progressbar.OptionSetDescription(what),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowTotalBytes(true),
+		progressbar.OptionUseIECUnits(true),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100_000_000),
+		progressbar.OptionClearOnFinish(),
+	)
+	src.add = func(n int) { bar.Add(n) } // safe for concurrent use
+	return src, func() { bar.Finish() }
 }
 
 // errHelp is returned after -h printed the usage of a command.

@@ -190,7 +190,8 @@ func checkPair(p Pair, i int, all []Pair) error {
 // ReadCore reads and decodes a core from r. It returns the core and its exact
 // encoding.
 func ReadCore(r io.Reader) (*Core, []byte, error) {
-	fixed := make([]byte, coreFixedSize, coreFixedSize+MaxContextSize+MACSize)
+	var fixedBuf [coreFixedSize]byte
+	fixed := fixedBuf[:]
 	if n, err := io.ReadFull(r, fixed); err != nil {
 		if n == 0 && err == io.EOF {
 			return nil, nil, invalid("core", "input is empty")
@@ -213,7 +214,9 @@ func ReadCore(r io.Reader) (*Core, []byte, error) {
 	if ctxLen > MaxContextSize {
 		return nil, nil, invalid("context", "%d bytes, over the limit of %d", ctxLen, MaxContextSize)
 	}
-	raw := fixed[:coreFixedSize+ctxLen+MACSize]
+	// Allocated at its exact size: most cores carry a small context.
+	raw := make([]byte, coreFixedSize+ctxLen+MACSize)
+	copy(raw, fixed)
 	if n, err := io.ReadFull(r, raw[coreFixedSize:]); err != nil {
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			return nil, nil, invalid("core", "input ends after %d bytes, inside the header", coreFixedSize+n)

@@ -1,0 +1,191 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// SealBody encrypts the whole plaintext as the body of c's stream (the
+// chunks, without the header) and appends it to dst, which it grows at most
+// once, to exactly the size it needs: pass dst with enough capacity
+// ([Header.BodySize]) and SealBody allocates nothing but a nonce per worker.
+// The chunks are sealed straight from plaintext into dst, in parallel on
+// opts.Workers goroutines (the caller's included); every goroutine has
+// returned when SealBody returns. dst must not overlap plaintext.
+//
+// opts.Context is checked between chunks: once it is done, SealBody fails
+// with its error. On any error ([ErrTooLong] for a plaintext of more than
+// [MaxChunks] chunks, or the context's) it returns nil, and what it wrote
+// into dst's spare capacity is cleared.
+func (c *Cipher) SealBody(dst, plaintext []byte, opts *Options) ([]byte, error) {
+	cs := c.header.ChunkSize
+	chunks := uint64(len(plaintext)/cs) + 1
+	if chunks > c.maxChunks {
+		return nil, ErrTooLong
+	}
+	bodySize := len(plaintext) + int(chunks)*TagSize
+	start := len(dst)
+	dst = slices.Grow(dst, bodySize)[:start+bodySize]
+	body := dst[start:]
+	full := cs + TagSize
+	err := c.parallel(opts, chunks, func(n *[nonceSize]byte, i uint64) error {
+		pt := plaintext[int(i)*cs : min(int(i+1)*cs, len(plaintext))]
+		c.sealNonce(n, body[int(i)*full:int(i)*full:len(body)], pt, i, i == chunks-1)
+		return nil
+	})
+	if err != nil {
+		clear(body)
+		return nil, err
+	}
+	return dst, nil
+}
+
+// OpenBody decrypts a whole stream body held in memory (the chunks, without
+// the header) and appends its plaintext to dst, which it grows at most once,
+// to exactly the size it needs. It opens the chunks straight from body into
+// dst, in parallel on opts.Workers goroutines (the caller's included), and
+// never writes to body; every goroutine has returned when OpenBody returns.
+// dst must not overlap body.
+//
+// OpenBody releases nothing that did not authenticate: on any error it
+// returns nil, and what it wrote into dst's spare capacity is cleared. It
+// fails exactly as a sequential [Reader] of body would, with the error of
+// the first defective chunk in the stream's order: a body that ends 1 to 15
+// bytes into a chunk, or with trailing data after the final chunk, fails to
+// authenticate that chunk ([ErrAuthentication]); a body made only of full
+// chunks is [ErrTruncated] after its last chunk (if that one opens as a full
+// chunk); a body of more than [MaxChunks] chunks is [ErrTooLong].
+// opts.Context is checked between chunks: once it is done, OpenBody fails
+// with its error.
+func (c *Cipher) OpenBody(dst, body []byte, opts *Options) ([]byte, error) {
+	cs := c.header.ChunkSize
+	full := cs + TagSize
+	// As a sequential reader sees it: every full read is a non-final chunk,
+	// a short one is the final chunk, and none at all after a full one
+	// means the final chunk is missing.
+	whole := uint64(len(body) / full)
+	rem := len(body) % full
+	chunks := whole
+	if rem > 0 || len(body) == 0 {
+		chunks++
+	}
+	// The reader fails chunk i (a full one) with ErrTooLong when i+1 >=
+	// maxChunks, before opening it: chunks past that point never matter.
+	opened := min(chunks, c.maxChunks)
+	plainSize := len(body) - int(chunks)*TagSize
+	if rem > 0 && rem < TagSize {
+		plainSize = int(whole) * cs
+	}
+	plainSize = max(plainSize, 0)
+	start := len(dst)
+	dst = slices.Grow(dst, plainSize)[:start+plainSize]
+	out := dst[start:]
+	err := c.parallel(opts, opened, func(n *[nonceSize]byte, i uint64) error {
+		ct := body[int(i)*full : min(int(i+1)*full, len(body))]
+		final := len(ct) < full
+		if !final && i+1 >= c.maxChunks {
+			return &ChunkError{Index: i, Err: ErrTooLong}
+		}
+		if len(ct) == 0 {
+			return &ChunkError{Index: i, Err: ErrTruncated}
+		}
+		o := int(i) * cs
+		pt := out[o:o:min(o+cs, len(out))]
+		_, err := c.openNonce(n, pt, ct, i, final)
+		return err
+	})
+	if err == nil && rem == 0 && len(body) > 0 && whole < c.maxChunks {
+		// Full chunks only: the stream ended without its final chunk.
+		err = &ChunkError{Index: whole, Err: ErrTruncated}
+	}
+	if err != nil {
+		clear(out)
+		return nil, err
+	}
+	return dst, nil
+}
+
+// parallel runs do on chunks 0 to n-1 on up to opts.workers() goroutines,
+// the caller's included, and returns the error of the lowest chunk that
+// failed, as a sequential loop stopping at its first failure would. A
+// chunk above one that failed may be skipped. opts.Context is checked
+// before each chunk. Every goroutine has returned when parallel returns.
+func (c *Cipher) parallel(opts *Options, n uint64, do func(nonce *[nonceSize]byte, i uint64) error) error {
+	ctx := opts.context()
+	workers := uint64(opts.workers())
+	if workers > n {
+		workers = n
+	}
+	if workers <= 1 {
+		var nonce [nonceSize]byte
+		for i := range n {
+			if err := ctxErr(ctx, i); err != nil {
+				return err
+			}
+			if err := do(&nonce, i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var (
+		next    atomic.Uint64 // the next chunk to take
+		failed  atomic.Uint64 // lowest failed chunk + 1, or 0
+		mu      sync.Mutex
+		lowest  = n // guarded by mu, with firstErr
+		firstEr error
+		wg      sync.WaitGroup
+	)
+	fail := func(i uint64, err error) {
+		mu.Lock()
+		if i < lowest {
+			lowest, firstEr = i, err
+		}
+		mu.Unlock()
+		for {
+			f := failed.Load()
+			if f != 0 && f <= i+1 || failed.CompareAndSwap(f, i+1) {
+				return
+			}
+		}
+	}
+	work := func() {
+		var nonce [nonceSize]byte
+		for {
+			i := next.Add(1) - 1
+			if i >= n {
+				return
+			}
+			if f := failed.Load(); f != 0 && i >= f-1 {
+				return
+			}
+			if err := ctxErr(ctx, i); err != nil {
+				fail(i, err)
+				return
+			}
+			if err := do(&nonce, i); err != nil {
+				fail(i, err)
+				return
+			}
+		}
+	}
+	for range workers - 1 {
+		wg.Go(work)
+	}
+	work()
+	wg.Wait()
+	return firstEr
+}
+
+func ctxErr(ctx context.Context, i uint64) error {
+	if ctx == nil {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("stream: chunk %d: %w", i, err)
+	}
+	return nil
+}
