@@ -297,14 +297,11 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 		return nil, nil, nil, err
 	}
 	defer clear(dek)
-	sh, err := stream.NewHeader(dek, e.ChunkSize)
+	c, err := stream.NewFreshCipher(dek, e.ChunkSize)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	c, err := stream.NewCipher(dek, sh)
-	if err != nil {
-		return nil, nil, nil, err
-	}
+	sh := c.Header()
 	if size >= 0 {
 		if _, err := sh.BodySize(size); err != nil {
 			return nil, nil, nil, fmt.Errorf("envelope: plaintext of %d bytes: %w", size, err)
@@ -610,6 +607,19 @@ func (e *Encrypter) ClearDataKey() {
 // panic with the same value, on the caller's goroutine, once every KEK has
 // returned.
 func wrapAll(ctx context.Context, ins *instruments, keks []kms.KEK, dek []byte, aad func(uri string) []byte, recipe uint8) ([]format.Slot, error) {
+	if len(keks) == 1 {
+		// One KEK: no goroutine to start and wait for.
+		uri := keks[0].URI()
+		var w kms.WrappedKey
+		err := ins.kmsCall(ctx, "wrap", uri, func(ctx context.Context) (err error) {
+			w, err = keks[0].Wrap(ctx, dek, aad(uri))
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("wrapping the data key: %w", err)
+		}
+		return []format.Slot{{AADRecipe: recipe, URI: uri, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}}, nil
+	}
 	slots := make([]format.Slot, len(keks))
 	errs := make([]error, len(keks))
 	panics := make([]any, len(keks))

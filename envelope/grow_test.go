@@ -239,11 +239,12 @@ func TestGrowFailureChangesNothing(t *testing.T) {
 func TestGrowUnopenableSlot(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	a, b, c := newLocalKEK(t, "a"), newLocalKEK(t, "b"), newLocalKEK(t, "c")
+	a, b, c, d := newLocalKEK(t, "a"), newLocalKEK(t, "b"), newLocalKEK(t, "c"), newLocalKEK(t, "d")
 	pt := testPlaintext(200)
 	p := smallFile(t, dir, "obj.kpc", pt, a, b)
 	raw := mustRead(t, p)
-	_, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: KEKs{a}, Add: []kms.KEK{c}})
+	// Two more slots never fit the room left for rotating two.
+	_, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: KEKs{a}, Add: []kms.KEK{c, d}})
 	if err == nil || !strings.Contains(err.Error(), b.URI()) {
 		t.Fatalf("got %v, want an error naming slot %s", err, b.URI())
 	}

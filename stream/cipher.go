@@ -5,6 +5,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
@@ -86,6 +87,32 @@ func NewCipher(dek []byte, h Header) (*Cipher, error) {
 	if subtle.ConstantTimeCompare(ks.commitment[:], h.Commitment[:]) != 1 {
 		return nil, ErrKeyCommitment
 	}
+	return newCipher(h, ks)
+}
+
+// NewFreshCipher returns the Cipher of a new stream under dek: a fresh
+// random salt, the commitment computed (Cipher.Header gives the header to
+// write) and the keys derived once. chunkSize 0 means [DefaultChunkSize].
+func NewFreshCipher(dek []byte, chunkSize int) (*Cipher, error) {
+	if chunkSize == 0 {
+		chunkSize = DefaultChunkSize
+	}
+	if err := checkChunkSize(chunkSize); err != nil {
+		return nil, err
+	}
+	h := Header{ChunkSize: chunkSize}
+	if _, err := rand.Read(h.Salt[:]); err != nil {
+		return nil, fmt.Errorf("stream: reading random salt: %w", err)
+	}
+	ks, err := deriveKeys(dek, &h)
+	if err != nil {
+		return nil, err
+	}
+	h.Commitment = ks.commitment
+	return newCipher(h, ks)
+}
+
+func newCipher(h Header, ks *derivedKeys) (*Cipher, error) {
 	block, err := aes.NewCipher(ks.chunkKey[:])
 	clear(ks.chunkKey[:])
 	if err != nil {
@@ -204,15 +231,11 @@ func (o *Options) chunkSize() int {
 // once all the plaintext is written; on an error, Abort abandons the stream
 // (see [Writer]). Neither closes dst.
 func NewEncryptWriter(dst io.Writer, dek []byte, opts *Options) (*Writer, error) {
-	h, err := NewHeader(dek, opts.chunkSize())
+	c, err := NewFreshCipher(dek, opts.chunkSize())
 	if err != nil {
 		return nil, err
 	}
-	c, err := NewCipher(dek, h)
-	if err != nil {
-		return nil, err
-	}
-	enc, err := h.MarshalBinary()
+	enc, err := c.Header().MarshalBinary()
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,6 @@
 package stream
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -57,23 +56,15 @@ type Header struct {
 
 // NewHeader returns a header for a new stream under dek, with a fresh random
 // salt and the commitment computed. chunkSize 0 means [DefaultChunkSize].
+// To encrypt the stream, [NewFreshCipher] gives the header and its Cipher
+// for the cost of one key derivation, where NewHeader then [NewCipher]
+// derive the keys twice.
 func NewHeader(dek []byte, chunkSize int) (Header, error) {
-	if chunkSize == 0 {
-		chunkSize = DefaultChunkSize
-	}
-	if err := checkChunkSize(chunkSize); err != nil {
-		return Header{}, err
-	}
-	h := Header{ChunkSize: chunkSize}
-	if _, err := rand.Read(h.Salt[:]); err != nil {
-		return Header{}, fmt.Errorf("stream: reading random salt: %w", err)
-	}
-	ks, err := deriveKeys(dek, &h)
+	c, err := NewFreshCipher(dek, chunkSize)
 	if err != nil {
 		return Header{}, err
 	}
-	h.Commitment = ks.commitment
-	return h, nil
+	return c.Header(), nil
 }
 
 func checkChunkSize(n int) error {
