@@ -115,17 +115,13 @@ func Seal(ctx context.Context, plaintext []byte, keks ...kms.KEK) ([]byte, error
 
 // Encrypt encrypts src into dst. When src is a regular file its size is
 // recorded in the header, and the workers read it themselves, in parallel,
-// with ReadAt (see [Writer.ReadFrom]); the file's offset ends at its end. ctx bounds the KMS calls and the stream, and on
-// any error the stream is abandoned without its final chunk; see the
-// function [Encrypt].
+// with ReadAt (see [Writer.ReadFrom]); its offset ends at its end. ctx bounds the
+// KMS calls and the stream, and on any error the stream is abandoned
+// without its final chunk; see the function [Encrypt].
 func (e *Encrypter) Encrypt(ctx context.Context, dst io.Writer, src io.Reader) error {
 	size := int64(UnknownSize)
-	if f, ok := src.(*os.File); ok {
-		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-			if off, err := f.Seek(0, io.SeekCurrent); err == nil {
-				size = fi.Size() - off
-			}
-		}
+	if _, _, n, ok := asFile(src); ok {
+		size = n
 	}
 	w, err := e.NewWriter(ctx, dst, size)
 	if err != nil {
@@ -145,17 +141,21 @@ type fileSource interface {
 	io.Reader
 	io.ReaderAt
 	io.Seeker
-	Stat() (os.FileInfo, error)
 }
 
-// asFile returns src as a regular file, with its current offset and the
-// number of bytes from there to its end, if it is one.
+// asFile returns src as a regular file (with Stat, such as an *os.File),
+// with its current offset and the number of bytes from there to its end, if
+// it is one.
 func asFile(src io.Reader) (f fileSource, off, n int64, ok bool) {
 	f, ok = src.(fileSource)
 	if !ok {
 		return nil, 0, 0, false
 	}
-	fi, err := f.Stat()
+	st, ok := src.(interface{ Stat() (os.FileInfo, error) })
+	if !ok {
+		return nil, 0, 0, false
+	}
+	fi, err := st.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
 		return nil, 0, 0, false
 	}

@@ -3,7 +3,6 @@ package stream
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -28,7 +27,7 @@ func (c *Cipher) SealBody(dst, plaintext []byte, opts *Options) ([]byte, error) 
 	}
 	bodySize := len(plaintext) + int(chunks)*TagSize
 	start := len(dst)
-	dst = slices.Grow(dst, bodySize)[:start+bodySize]
+	dst = grow(dst, bodySize)
 	body := dst[start:]
 	full := cs + TagSize
 	err := c.parallel(opts, chunks, func(n *[nonceSize]byte, i uint64) error {
@@ -81,7 +80,7 @@ func (c *Cipher) OpenBody(dst, body []byte, opts *Options) ([]byte, error) {
 	}
 	plainSize = max(plainSize, 0)
 	start := len(dst)
-	dst = slices.Grow(dst, plainSize)[:start+plainSize]
+	dst = grow(dst, plainSize)
 	out := dst[start:]
 	err := c.parallel(opts, opened, func(n *[nonceSize]byte, i uint64) error {
 		ct := body[int(i)*full : min(int(i+1)*full, len(body))]
@@ -188,4 +187,23 @@ func ctxErr(ctx context.Context, i uint64) error {
 		return fmt.Errorf("stream: chunk %d: %w", i, err)
 	}
 	return nil
+}
+
+// grow returns dst extended by n bytes, in place if its capacity allows.
+// Otherwise it allocates with make, not append: a large fresh allocation
+// comes zeroed from the OS, and its pages are then first touched by the
+// workers, in parallel, where append's growth clears the new bytes on the
+// caller's goroutine, faulting every page in one at a time.
+func grow(dst []byte, n int) []byte {
+	if cap(dst)-len(dst) >= n {
+		return dst[:len(dst)+n]
+	}
+	if len(dst) == 0 {
+		return make([]byte, n)
+	}
+	out := make([]byte, len(dst)+n)
+	// Not copy(out, dst), which the compiler fuses with the make into an
+	// allocation that clears the rest.
+	copy(out[:len(dst)], dst)
+	return out
 }

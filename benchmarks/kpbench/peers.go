@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"filippo.io/age"
 	"github.com/minio/sio"
@@ -427,9 +428,26 @@ func parallel(goroutines, n int, f func(from, to int) error) error {
 	if goroutines <= 1 {
 		return f(0, n)
 	}
+	// Blocks of up to 16 chunks (1 MiB) from a shared counter, so that a
+	// goroutine slowed by page faults or preemption does not leave the
+	// others idle at the end, as a static split would.
+	block := max(1, min(16, n/(goroutines*4)))
+	var next atomic.Int64
 	errs := make(chan error, goroutines)
-	for g := range goroutines {
-		go func() { errs <- f(g*n/goroutines, (g+1)*n/goroutines) }()
+	for range goroutines {
+		go func() {
+			for {
+				from := int(next.Add(int64(block))) - block
+				if from >= n {
+					errs <- nil
+					return
+				}
+				if err := f(from, min(from+block, n)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
 	}
 	var first error
 	for range goroutines {
