@@ -37,6 +37,8 @@ type ReaderAt struct {
 	mu   sync.Mutex
 	free []*atBuf // guarded by mu
 	last *atBuf   // the most recently opened chunk, guarded by mu
+
+	spans sync.Pool // of *spanRead, so that a read spanning chunks allocates nothing
 }
 
 // atBuf is a chunk buffer of a ReaderAt. While refs is positive the
@@ -288,26 +290,39 @@ func (r *ReaderAt) span(p []byte, off, i int64) ([]byte, int64) {
 // error; p holds nothing after it. The goroutines have returned when it
 // returns.
 func (r *ReaderAt) readParallel(p []byte, off, first int64, n, workers uint64) (int, error) {
-	j := &spanRead{r: r, p: p, off: off, first: first, n: n}
+	j, _ := r.spans.Get().(*spanRead)
+	if j == nil {
+		j = &spanRead{}
+		// A go statement on a func value with no arguments allocates
+		// nothing: its goroutine reuses a dead one's.
+		j.worker = func() { j.run(true) }
+	}
+	j.r, j.p, j.off, j.first, j.n, j.err = r, p, off, first, n, nil
+	j.next.Store(0)
+	j.failed.Store(0)
 	for range min(workers, n) - 1 {
 		j.wg.Add(1)
-		go j.run(true)
+		go j.worker()
 	}
 	j.run(false)
 	j.wg.Wait()
-	if f := j.failed.Load(); f != 0 {
+	f, err := j.failed.Load(), j.err
+	j.r, j.p, j.err = nil, nil, nil
+	r.spans.Put(j)
+	if f != 0 {
 		cs := int64(r.c.header.ChunkSize)
 		i := first + f - 1
 		k := int(max(i*cs, off) - off)
 		clear(p[k:])
-		return k, j.err
+		return k, err
 	}
 	return len(p), nil
 }
 
 // spanRead is one ReadAt spanning several chunks, shared by the goroutines
-// opening them (in one allocation).
+// opening them; ReaderAt.spans keeps them for reuse.
 type spanRead struct {
+	worker func() // run(true), made once
 	r      *ReaderAt
 	p      []byte
 	off    int64
