@@ -53,6 +53,43 @@ type instruments struct {
 	kmsDuration                            metric.Float64Histogram
 	cacheHits, cacheMisses, cacheEvictions metric.Int64Counter
 	bytesSealed, bytesOpened               metric.Int64Counter
+
+	spanStart []trace.SpanStartOption // of every KMS call's span
+	mu        sync.Mutex
+	calls     map[callKey]*callAttrs // guarded by mu
+}
+
+// callKey names the attributes of a KMS call.
+type callKey struct{ backend, op string }
+
+// callAttrs are what kmsCall records of a kind of call, made once: so that
+// a call under the global no-op providers costs no allocation.
+type callAttrs struct {
+	span      string
+	attrs     []attribute.KeyValue
+	ok, error metric.MeasurementOption
+}
+
+func (ins *instruments) attrsOf(backend, op string) *callAttrs {
+	k := callKey{backend, op}
+	ins.mu.Lock()
+	defer ins.mu.Unlock()
+	if a := ins.calls[k]; a != nil {
+		return a
+	}
+	if ins.calls == nil {
+		ins.calls = map[callKey]*callAttrs{}
+	}
+	attrs := []attribute.KeyValue{attribute.String("kms.backend", backend), attribute.String("kms.operation", op)}
+	with := func(outcome string) metric.MeasurementOption {
+		return metric.WithAttributeSet(attribute.NewSet(append(attrs[:len(attrs):len(attrs)], attribute.String("outcome", outcome))...))
+	}
+	a := &callAttrs{span: "kpcrypt.kms." + op, attrs: attrs, ok: with("ok"), error: with("error")}
+	// Backends and operations are few; the bound is against misuse.
+	if len(ins.calls) < 64 {
+		ins.calls[k] = a
+	}
+	return a
 }
 
 // telemetryOnce makes an owner's instruments at its first use.
@@ -79,7 +116,8 @@ func newInstruments(t *Telemetry) *instruments {
 		mp = otel.GetMeterProvider()
 	}
 	m := mp.Meter(instrumentationName)
-	ins := &instruments{tracer: tp.Tracer(instrumentationName)}
+	ins := &instruments{tracer: tp.Tracer(instrumentationName),
+		spanStart: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}}
 	// An instrument the provider refuses is a no-op one: the API returns
 	// one with the error, and telemetry never fails an operation.
 	ins.kmsCalls, _ = m.Int64Counter("kpcrypt.kms.calls", metric.WithDescription("KMS calls made by kpcrypt envelope"))
@@ -98,19 +136,21 @@ func (ins *instruments) kmsCall(ctx context.Context, op, uri string, call func(c
 	if ins == nil {
 		return call(ctx)
 	}
-	attrs := []attribute.KeyValue{attribute.String("kms.backend", kms.Scheme(uri)), attribute.String("kms.operation", op)}
-	ctx, span := ins.tracer.Start(ctx, "kpcrypt.kms."+op, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+	a := ins.attrsOf(kms.Scheme(uri), op)
+	ctx, span := ins.tracer.Start(ctx, a.span, ins.spanStart...)
 	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(a.attrs...)
+	}
 	start := time.Now()
 	err := call(ctx)
 	elapsed := time.Since(start)
-	outcome := "ok"
+	set := a.ok
 	if err != nil {
-		outcome = "error"
+		set = a.error
 		span.RecordError(err)
 		span.SetStatus(codes.Error, op+" failed")
 	}
-	set := metric.WithAttributes(append(attrs, attribute.String("outcome", outcome))...)
 	ins.kmsCalls.Add(ctx, 1, set)
 	ins.kmsDuration.Record(ctx, elapsed.Seconds(), set)
 	return err

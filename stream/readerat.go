@@ -38,7 +38,7 @@ type ReaderAt struct {
 	free []*atBuf // guarded by mu
 	last *atBuf   // the most recently opened chunk, guarded by mu
 
-	spans sync.Pool // of *spanRead, so that a read spanning chunks allocates nothing
+	spans []*spanRead // kept for reuse by reads spanning chunks, guarded by mu
 }
 
 // atBuf is a chunk buffer of a ReaderAt. While refs is positive the
@@ -290,7 +290,12 @@ func (r *ReaderAt) span(p []byte, off, i int64) ([]byte, int64) {
 // error; p holds nothing after it. The goroutines have returned when it
 // returns.
 func (r *ReaderAt) readParallel(p []byte, off, first int64, n, workers uint64) (int, error) {
-	j, _ := r.spans.Get().(*spanRead)
+	var j *spanRead
+	r.mu.Lock()
+	if k := len(r.spans); k > 0 {
+		j, r.spans = r.spans[k-1], r.spans[:k-1]
+	}
+	r.mu.Unlock()
 	if j == nil {
 		j = &spanRead{}
 		// A go statement on a func value with no arguments allocates
@@ -308,7 +313,11 @@ func (r *ReaderAt) readParallel(p []byte, off, first int64, n, workers uint64) (
 	j.wg.Wait()
 	f, err := j.failed.Load(), j.err
 	j.r, j.p, j.err = nil, nil, nil
-	r.spans.Put(j)
+	r.mu.Lock()
+	if len(r.spans) < maxSpans {
+		r.spans = append(r.spans, j)
+	}
+	r.mu.Unlock()
 	if f != 0 {
 		cs := int64(r.c.header.ChunkSize)
 		i := first + f - 1
@@ -318,6 +327,10 @@ func (r *ReaderAt) readParallel(p []byte, off, first int64, n, workers uint64) (
 	}
 	return len(p), nil
 }
+
+// maxSpans bounds the spanReads a ReaderAt keeps: as many as concurrent
+// spanning reads usually are.
+const maxSpans = 8
 
 // spanRead is one ReadAt spanning several chunks, shared by the goroutines
 // opening them; ReaderAt.spans keeps them for reuse.

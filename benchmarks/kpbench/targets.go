@@ -158,12 +158,17 @@ func (r *Report) Targets() []Target {
 			v, rv := r.metric(k, "median_us").med, r.metric(k, "ref_median_us").med
 			add(name, fmt.Sprintf("%.1f / %.1f µs = %.2f×", v, rv, v/rv), goal, status(v/rv <= randomP50Target))
 		}
-		name, goal = "random 4 KiB read, allocations per read (steady state)", "0"
+		// MemStats counts the whole process: the child's own goroutines
+		// (its load sampling) allocate now and then too, so a library
+		// that allocates once per read shows 1, one that never does a
+		// few hundredths at most. stream's TestReaderAtAllocations
+		// asserts 0 with testing.AllocsPerRun.
+		name, goal = "random 4 KiB read, allocations per read (steady state; MemStats of the whole process)", "0 (< 0.05)"
 		if !r.has(k) {
 			none(name, goal)
 		} else {
 			v := r.metric(k, "allocs_per_read").hi
-			add(name, fmt.Sprintf("%.2f (max over rounds; %.0f bytes)", v, r.metric(k, "alloc_bytes_per_read").hi), goal, status(v == 0))
+			add(name, fmt.Sprintf("%.2f (max over rounds; %.0f bytes)", v, r.metric(k, "alloc_bytes_per_read").hi), goal, status(v < 0.05))
 		}
 	}
 
