@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
+	"hash"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
 )
@@ -24,12 +25,26 @@ func headerMAC(dek []byte, core *format.Core) ([format.MACSize]byte, error) {
 	if err != nil {
 		return mac, err
 	}
-	key, err := hkdf.Key(sha256.New, dek, core.Stream.Salt[:], labelHeaderMAC, 32)
+	// The HMACs run one after another: two SHA-256 digests, reset before
+	// each use, serve them all.
+	var ds [2]hash.Hash
+	n := 0
+	digest := func() hash.Hash {
+		d := &ds[n%2]
+		n++
+		if *d == nil {
+			*d = sha256.New()
+		} else {
+			(*d).Reset()
+		}
+		return *d
+	}
+	key, err := hkdf.Key(digest, dek, core.Stream.Salt[:], labelHeaderMAC, 32)
 	if err != nil {
 		return mac, err
 	}
 	defer clear(key)
-	h := hmac.New(sha256.New, key)
+	h := hmac.New(digest, key)
 	h.Write(b)
 	copy(mac[:], h.Sum(nil))
 	return mac, nil
