@@ -74,7 +74,8 @@ type OpenedSlot struct {
 	// rewrap tools) moves the file to that version.
 	Rewrapped *kms.WrappedKey
 
-	unwrappedVersion string // the version the KEK reported, for the cache
+	unwrappedVersion string  // the version the KEK reported, for the cache
+	kek              kms.KEK // the KEK that unwrapped it; nil from a cache
 
 	// What SaveRewrapped checks, so that it only ever replaces this very
 	// slot of this very file.
@@ -443,7 +444,7 @@ func tryKEKs(ctx context.Context, ins *instruments, h *format.Header, i int, slo
 			return nil, nil, nil, err
 		}
 		return res.DEK, c, &OpenedSlot{Index: i, URI: slot.URI, KeyVersion: slot.KeyVersion, Rewrapped: res.Rewrapped,
-			unwrappedVersion: res.KeyVersion}, nil
+			unwrappedVersion: res.KeyVersion, kek: kek}, nil
 	}
 	return nil, nil, nil, nil
 }

@@ -460,3 +460,103 @@ func growCrashChild() {
 	}
 	os.Exit(0)
 }
+
+// plantSlot appends to the table of the file at p a slot that nobody made
+// with its KEK (a garbage wrapped DEK), as anyone who can write the file
+// can: slots are not authenticated.
+func plantSlot(t *testing.T, p, uri, version string) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h, err := format.ReadHeader(io.NewSectionReader(f, 0, MaxHeaderSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slots := append(h.Table().Slots, format.Slot{AADRecipe: format.AADRecipeV1, URI: uri, KeyVersion: version, Wrapped: make([]byte, 65)})
+	if err := writeTable(f, h, &format.SlotTable{Sequence: h.Table().Sequence + 1, Slots: slots}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPlantedSlotGetsNoWrap: a slot planted with the URI of another KEK of
+// the victim's keyring (stale version, garbage DEK) is never turned into a
+// real wrapping of the file's DEK under that KEK: not by a rotation (the
+// slot is left, "unchecked"), not by a rewrite whole (which fails, naming
+// it), not in a dry run's report.
+func TestPlantedSlotGetsNoWrap(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		version func(b kms.KEK) string
+		opts    func(a, b, c kms.KEK) *RewrapOptions
+	}{
+		{"rotation", func(kms.KEK) string { return "1" }, func(a, b, c kms.KEK) *RewrapOptions { return &RewrapOptions{Keyring: KEKs{a, b}} }},
+		{"rotation, dry run", func(kms.KEK) string { return "1" }, func(a, b, c kms.KEK) *RewrapOptions {
+			return &RewrapOptions{Keyring: KEKs{a, b}, DryRun: true}
+		}},
+		{"rewrite whole", func(b kms.KEK) string { v, _ := b.(kms.VersionReporter).CurrentVersion(ctx); return v }, func(a, b, c kms.KEK) *RewrapOptions {
+			return &RewrapOptions{Keyring: KEKs{a, b}, Add: []kms.KEK{c, newLocalKEK(t, "d"), newLocalKEK(t, "e")}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			a, b, c := newLocalKEK(t, "a"), newLocalKEK(t, "b"), newLocalKEK(t, "c")
+			pt := testPlaintext(3000)
+			// Room for the planted slot, not for three more.
+			ct, err := (&Encrypter{KEKs: []kms.KEK{a}, SlotTableSize: 512}).Seal(ctx, pt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(dir, "f.kpc")
+			if err := os.WriteFile(p, ct, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			plantSlot(t, p, b.URI(), tc.version(b))
+			res, err := RewrapPath(ctx, p, tc.opts(a, b, c))
+			t.Logf("result %+v, error %v", res, err)
+			if _, err := Open(ctx, mustRead(t, p), KEKs{b}); err == nil {
+				t.Fatal("KEK b, named only by a planted slot, now opens the file")
+			}
+			if err == nil {
+				for _, ch := range res.Slots {
+					if ch.URI == b.URI() && ch.Action != "unchecked" && ch.Action != "current" {
+						t.Fatalf("the planted slot is reported %q, want unchecked", ch.Action)
+					}
+				}
+			}
+			mustDecrypt(t, p, pt, KEKs{a})
+		})
+	}
+}
+
+// TestGrowKeepsOwner: a file rewritten whole keeps its owner and group
+// (run as root, which may give them).
+func TestGrowKeepsOwner(t *testing.T) {
+	if runtime.GOOS == "windows" || os.Geteuid() != 0 {
+		t.Skip("needs root to give a file to another user")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, b := newLocalKEK(t, "a"), newLocalKEK(t, "b")
+	p := smallFile(t, dir, "obj.kpc", testPlaintext(4096), a)
+	if err := os.Chown(p, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	before := stat(t, p)
+	if res, err := RewrapPath(ctx, p, &RewrapOptions{Keyring: KEKs{a}, Add: []kms.KEK{b}}); err != nil || !res.Rewritten {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	after := stat(t, p)
+	if os.SameFile(before, after) {
+		t.Fatal("not rewritten")
+	}
+	if o, n := fileOwner(before), fileOwner(after); o != n {
+		t.Fatalf("owner %s became %s", o, n)
+	}
+	if after.Mode().Perm() != before.Mode().Perm() {
+		t.Fatalf("mode %v became %v", before.Mode(), after.Mode())
+	}
+}

@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/kpcrypt/kpcrypt/envelope/internal/dirctx"
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
 	"github.com/kpcrypt/kpcrypt/internal/atomicfile"
 	"github.com/kpcrypt/kpcrypt/internal/filelock"
@@ -351,7 +354,10 @@ func (rw *rewrapper) grownHeader(slots []format.Slot, res *RewrapResult) ([]byte
 			out[i] = s
 			continue
 		}
-		kek := rw.keks[s.URI]
+		// Only a slot added here is known to be its KEK's; any other
+		// must prove it by unwrapping to the DEK (a slot is not
+		// authenticated: it may have been planted).
+		kek := rw.added[s.URI]
 		if kek == nil {
 			if kek, err = rw.holderOf(s, dek); kek == nil {
 				return nil, fmt.Errorf("envelope: the slots do not fit the slot table, and rewriting the file with a larger one needs every slot wrapped anew, but slot %s cannot be: %w", s.URI, err)
@@ -391,6 +397,11 @@ func (rw *rewrapper) grownHeader(slots []format.Slot, res *RewrapResult) ([]byte
 // it waited for the lock (another rewrap rewrote it whole), it opens path
 // again.
 func RewrapPath(ctx context.Context, path string, opts *RewrapOptions) (*RewrapResult, error) {
+	// A link stands for the file it names, which a rewrite whole
+	// replaces in its own directory (the link stays a link).
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
 	var res *RewrapResult
 	err := withLockedFile(ctx, path, func(f *os.File) (err error) {
 		res, err = rewrapIn(ctx, f, opts, growFile(f))
@@ -410,11 +421,16 @@ func RewrapPath(ctx context.Context, path string, opts *RewrapOptions) (*RewrapR
 // RewrapFile rewrites the file whole, crash-safely: a new file beside it in
 // the same directory, with a larger table, the same body bytes and every
 // per-file slot wrapped anew (the table size is part of the core, which
-// those slots are bound to), synced and renamed over f.Name() while the
-// lock on f is held. A crash at any point leaves the old file or the new
-// one, each whole. f.Name() must be the file's path (as os.Open and
-// os.Root.OpenFile name it); the file must have one link, and keeps its
-// permission bits. Readers that opened the old file read it to the end;
+// those slots are bound to, so each must unwrap under a KEK of the keyring),
+// synced and renamed over the file's name while the lock on f is held. A
+// crash at any point leaves the old file or the new one, each whole. The
+// directory is f.Name()'s (f.Name() must be the file's path, as os.Open
+// names it; for a file found by a walk, package batch passes the walked
+// directory), opened once as a handle that no later step leaves. The file
+// must have one link, and keeps its owner, group and permission bits (or
+// the rewrite is refused); ACLs and extended attributes are not carried
+// over. A named temporary file ".NAME.kpcrypt-tmp-…" (mode 0600) is left
+// by a crash in the middle. Readers that opened the old file read it to the end;
 // a rewrap or [SaveRewrapped] that waited for the lock on the old file
 // finds it replaced and fails with [ErrFileReplaced] (RewrapPath and
 // SaveRewrapped then open the path again), so no update is lost.
@@ -428,7 +444,15 @@ func RewrapFile(ctx context.Context, f *os.File, opts *RewrapOptions) (*RewrapRe
 }
 
 // growFile returns the step that rewrites the locked file f whole: header,
-// then f's body, into a new file put in place of f.Name() by rename.
+// then f's body, into a new file that replaces f in its directory.
+//
+// The directory is opened once, as a handle (an *os.Root): the directory
+// the walk found f in when ctx carries it (dirctx), else f.Name()'s. Every
+// step after that is relative to the handle and follows no link: the check
+// that the name still holds f's inode, the temporary file, the rename over
+// the name and the directory's sync. So a directory swapped for a link
+// meanwhile cannot send the new file, or the rename, anywhere else, and
+// the rename replaces only the name that held f.
 func growFile(f *os.File) grower {
 	return func(ctx context.Context, header []byte, bodyOffset int64) error {
 		name := f.Name()
@@ -441,36 +465,77 @@ func growFile(f *os.File) grower {
 		} else if n != 1 {
 			return fmt.Errorf("envelope: %s: the slots do not fit its slot table, and rewriting it with a larger one would split its %d hard links: %w", name, n, ErrSlotTableFull)
 		}
-		if err := sameFileAt(name, fi); err != nil {
+		var dir *os.Root
+		var base string
+		if root, rel, ok := dirctx.From(ctx); ok {
+			dir, err = root.OpenRoot(filepath.Dir(rel))
+			base = filepath.Base(rel)
+		} else {
+			dir, err = os.OpenRoot(filepath.Dir(name))
+			base = filepath.Base(name)
+		}
+		if err != nil {
+			return fmt.Errorf("envelope: rewriting %s with a larger slot table: opening its directory: %w", name, err)
+		}
+		defer dir.Close()
+		if err := sameFileIn(dir, base, fi, name); err != nil {
 			return err
 		}
-		af, err := atomicfile.Create(name, fi.Mode().Perm(), true)
+		tmp := atomicfile.TempName(base)
+		nf, err := dir.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return fmt.Errorf("envelope: rewriting %s with a larger slot table: %w", name, err)
 		}
-		defer af.Abort()
-		if err := af.Chmod(fi.Mode().Perm()); err != nil {
+		done := false
+		defer func() {
+			nf.Close()
+			if !done {
+				dir.Remove(tmp)
+			}
+		}()
+		// Locked while it exists, so that no other writer's clean-up of
+		// dead writers' temporary files takes it for one.
+		if err := filelock.Lock(ctx, nf, true); err != nil && !errors.Is(err, filelock.ErrUnsupported) {
 			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
 		}
-		if _, err := af.Write(header); err != nil {
+		if err := keepOwner(nf, fi); err != nil {
+			return fmt.Errorf("envelope: %s: %w", name, err)
+		}
+		if _, err := nf.Write(header); err != nil {
 			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
 		}
-		if err := copyContext(ctx, af, io.NewSectionReader(f, bodyOffset, fi.Size()-bodyOffset)); err != nil {
+		if err := copyContext(ctx, nf, io.NewSectionReader(f, bodyOffset, fi.Size()-bodyOffset)); err != nil {
 			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
 		}
-		if err := sameFileAt(name, fi); err != nil {
+		// The old file's permission bits, once the new one is whole: a
+		// temporary file left by a crash stays the writer's alone.
+		if err := nf.Chmod(fi.Mode().Perm()); err != nil {
+			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
+		}
+		if err := nf.Sync(); err != nil {
+			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
+		}
+		if err := sameFileIn(dir, base, fi, name); err != nil {
 			return err
 		}
-		if err := af.Commit(); err != nil && !errors.Is(err, atomicfile.ErrNotDurable) {
+		if err := dir.Rename(tmp, base); err != nil {
 			return fmt.Errorf("envelope: rewriting %s: %w", name, err)
+		}
+		done = true
+		// The new name is in place; a failed directory sync only risks
+		// losing it to a crash, which leaves the old file whole.
+		if d, err := dir.Open("."); err == nil {
+			d.Sync()
+			d.Close()
 		}
 		return nil
 	}
 }
 
-// sameFileAt checks that name still names the file whose FileInfo is fi.
-func sameFileAt(name string, fi os.FileInfo) error {
-	now, err := os.Stat(name)
+// sameFileIn checks that base, in dir and not followed if a link, is still
+// the file whose FileInfo is fi (named name, for errors).
+func sameFileIn(dir *os.Root, base string, fi os.FileInfo, name string) error {
+	now, err := dir.Lstat(base)
 	if err != nil {
 		return fmt.Errorf("envelope: rewriting %s with a larger slot table: %w", name, err)
 	}
@@ -557,35 +622,28 @@ func writeTable(f File, h *format.Header, t *format.SlotTable) error {
 }
 
 type rewrapper struct {
-	ctx  context.Context
-	h    *format.Header
-	opts *RewrapOptions
-	dek  []byte // unwrapped on demand
-	ins  *instruments
-	keks map[string]kms.KEK // the KEK of each slot refreshed or added, by URI
-}
-
-func (rw *rewrapper) used(kek kms.KEK) {
-	if rw.keks == nil {
-		rw.keks = map[string]kms.KEK{}
-	}
-	rw.keks[kek.URI()] = kek
+	ctx    context.Context
+	h      *format.Header
+	opts   *RewrapOptions
+	dek    []byte // unwrapped on demand
+	ins    *instruments
+	added  map[string]kms.KEK // the KEK of each slot added, by URI
+	opened *OpenedSlot        // the slot getDEK opened, and the KEK that did
 }
 
 // getDEK unwraps the DEK through any slot, authenticating the header.
 func (rw *rewrapper) getDEK() ([]byte, error) {
 	if rw.dek == nil {
-		dek, _, _, err := openSlots(rw.ctx, rw.ins, rw.h, rw.opts.Keyring, nil, nil)
+		dek, _, opened, err := openSlots(rw.ctx, rw.ins, rw.h, rw.opts.Keyring, nil, nil)
 		if err != nil {
 			return nil, err
 		}
-		rw.dek = dek
+		rw.dek, rw.opened = dek, opened
 	}
 	return rw.dek, nil
 }
 
 func (rw *rewrapper) wrap(kek kms.KEK) (format.Slot, error) {
-	rw.used(kek)
 	if rw.opts.DryRun {
 		// Prove the DEK can be had, but make no KMS write. The slot
 		// stands for the one that would be made, at an estimated size:
@@ -698,7 +756,61 @@ func (rw *rewrapper) add(p *slotPlan, kek kms.KEK) error {
 		return err
 	}
 	p.put(s, SlotChange{URI: kek.URI(), Action: "added", NewVersion: s.KeyVersion})
+	if rw.added == nil {
+		rw.added = map[string]kms.KEK{}
+	}
+	rw.added[kek.URI()] = kek
 	return nil
+}
+
+// notHeldError says that a slot does not unwrap, under the KEK its URI
+// names, to the file's DEK.
+type notHeldError struct {
+	uri string
+	err error
+}
+
+func (e *notHeldError) Error() string {
+	msg := fmt.Sprintf("envelope: slot %s does not unwrap under its KEK to the file's data key: it was not made by that key (added by someone else, or damaged), so it is left as it is", e.uri)
+	if e.err != nil {
+		msg += ": " + e.err.Error()
+	}
+	return msg
+}
+
+func (e *notHeldError) Unwrap() error { return e.err }
+
+// holds checks that kek unwraps slot s to dek, and fails with a
+// *notHeldError if not. A KMS that cannot be reached is an error of its own.
+func (rw *rewrapper) holds(kek kms.KEK, s format.Slot, dek []byte) error {
+	if o, t := rw.opened, rw.h.Table(); o != nil && o.kek != nil && sameKEK(o.kek, kek) && o.Index < len(t.Slots) &&
+		bytes.Equal(t.Slots[o.Index].Wrapped, s.Wrapped) && t.Slots[o.Index].URI == s.URI && t.Slots[o.Index].AADRecipe == s.AADRecipe {
+		return nil // getDEK unwrapped this very slot with kek
+	}
+	aad, err := aadForSlot(rw.h, &s)
+	if err != nil {
+		return err
+	}
+	var res kms.UnwrapResult
+	err = rw.ins.kmsCall(rw.ctx, "unwrap", kek.URI(), func(ctx context.Context) (err error) {
+		res, err = kek.Unwrap(ctx, s.Wrapped, aad)
+		return err
+	})
+	same := err == nil && bytes.Equal(res.DEK, dek)
+	clear(res.DEK)
+	if same {
+		return nil
+	}
+	if err != nil && (errors.Is(err, kms.ErrUnavailable) || rw.ctx.Err() != nil) {
+		return fmt.Errorf("checking slot %s: %w", s.URI, err)
+	}
+	return &notHeldError{uri: s.URI, err: err}
+}
+
+// sameKEK reports whether a and b are the same KEK value.
+func sameKEK(a, b kms.KEK) bool {
+	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
+	return ta == tb && ta.Comparable() && a == b
 }
 
 // holderOf returns the keyring's KEK that holds the key of slot s, as it
@@ -715,25 +827,13 @@ func (rw *rewrapper) holderOf(s format.Slot, dek []byte) (kms.KEK, error) {
 		}
 		return nil, err
 	}
-	aad, err := aadForSlot(rw.h, &s)
-	if err != nil {
-		return nil, err
-	}
 	var errs []error
 	for _, k := range keks {
-		var res kms.UnwrapResult
-		err := rw.ins.kmsCall(rw.ctx, "unwrap", k.URI(), func(ctx context.Context) (err error) {
-			res, err = k.Unwrap(ctx, s.Wrapped, aad)
-			return err
-		})
-		same := err == nil && bytes.Equal(res.DEK, dek)
-		clear(res.DEK)
-		if same {
+		err := rw.holds(k, s, dek)
+		if err == nil {
 			return k, nil
 		}
-		if err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, err)
 	}
 	return nil, fmt.Errorf("no KEK of the keyring unwraps it: %w", errors.Join(errs...))
 }
@@ -754,7 +854,6 @@ func (rw *rewrapper) kekFor(uri string) (kms.KEK, error) {
 
 // refresh moves slot s to kek's current version, if it is not there.
 func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
-	rw.used(kek)
 	c := SlotChange{URI: s.URI, OldVersion: s.KeyVersion, NewVersion: s.KeyVersion}
 	vr, ok := kek.(kms.VersionReporter)
 	if !ok {
@@ -774,6 +873,21 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 	c.Action, c.NewVersion = "rewrapped", current
 	if rw.opts.DryRun {
 		_, c.ServerSide = kek.(kms.Rewrapper)
+		if !c.ServerSide {
+			// As the rewrap would (below), check that the slot is
+			// kek's own: an unwrap, no KMS write.
+			dek, err := rw.getDEK()
+			if err != nil {
+				return err
+			}
+			if err := rw.holds(kek, s, dek); err != nil {
+				if nh := (*notHeldError)(nil); errors.As(err, &nh) {
+					p.put(s, SlotChange{URI: s.URI, Action: "unchecked", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion, Err: err})
+					return nil
+				}
+				return err
+			}
+		}
 		p.put(s, c)
 		return nil
 	}
@@ -790,6 +904,11 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 		p.put(format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c)
 		return nil
 	}
+	// The DEK is about to be wrapped anew under kek for this slot: only if
+	// the slot is kek's own, shown by unwrapping it to the file's DEK.
+	// Nothing in a slot is authenticated, and a slot planted with the URI
+	// of another of the keyring's KEKs must not get that KEK a real
+	// wrapping of the DEK.
 	if s.AADRecipe == format.AADRecipeShared && rw.opts.Cache != nil {
 		// A shared slot stays shared: wrapped anew under the same
 		// associated data, once for every file that holds it.
@@ -802,18 +921,36 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 			if err != nil {
 				return kms.WrappedKey{}, err
 			}
+			if err := rw.holds(kek, s, dek); err != nil {
+				return kms.WrappedKey{}, err
+			}
 			w, err := kek.Wrap(rw.ctx, dek, aad)
 			if err != nil {
 				return kms.WrappedKey{}, fmt.Errorf("wrapping the data key: %w", err)
 			}
 			return w, nil
 		})
+		if nh := (*notHeldError)(nil); errors.As(err, &nh) {
+			p.put(s, SlotChange{URI: s.URI, Action: "unchecked", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion, Err: err})
+			return nil
+		}
 		if err != nil {
 			return err
 		}
 		c.NewVersion = w.KeyVersion
 		p.put(format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c)
 		return nil
+	}
+	dek, err := rw.getDEK()
+	if err != nil {
+		return err
+	}
+	if err := rw.holds(kek, s, dek); err != nil {
+		if nh := (*notHeldError)(nil); errors.As(err, &nh) {
+			p.put(s, SlotChange{URI: s.URI, Action: "unchecked", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion, Err: err})
+			return nil
+		}
+		return err
 	}
 	ns, err := rw.wrap(kek)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kpcrypt/kpcrypt/envelope"
+	"github.com/kpcrypt/kpcrypt/envelope/internal/dirctx"
 )
 
 // Status is what a batch operation did to one file.
@@ -135,6 +136,11 @@ func rewrapOne(ctx context.Context, files *Files, i int, opts *envelope.RewrapOp
 		return nil, err
 	}
 	defer f.Close()
+	if e := files.entries[i]; e.root != nil {
+		// A file rewritten whole (its slots outgrew its table) is
+		// replaced within the walked directory, never through a link.
+		ctx = dirctx.With(ctx, e.root, e.rel)
+	}
 	return envelope.RewrapFile(ctx, f, opts)
 }
 

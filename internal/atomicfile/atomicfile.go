@@ -97,6 +97,11 @@ func IsTemp(name string) bool {
 	return true
 }
 
+// TempName returns a new random name for a temporary file beside a target
+// named base, of the form [IsTemp] recognises, for callers that create it
+// themselves (within an *os.Root, say).
+func TempName(base string) string { return tempName(base) }
+
 // tempName returns a new random temporary name for a target named base.
 func tempName(base string) string {
 	if len(base) > maxTmpBase {
