@@ -90,7 +90,7 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 	unlock()
 	cancel()
 	if err != nil {
-		return fmt.Errorf("%s: %v", in.name, explain(err, len(keks) > 0))
+		return fmt.Errorf("%s: %w", in.name, explain(err, len(keks) > 0))
 	}
 	defer r.Close()
 	r.SetContext(ctx) // an interrupt stops the copy between chunks
@@ -107,7 +107,7 @@ func cmdDecrypt(ctx context.Context, u *ui, args []string) error {
 		plain = br
 	}
 	if _, err := io.Copy(o, plain); err != nil {
-		return fmt.Errorf("%s: %v", in.name, explain(explainTruncation(in, err), len(keks) > 0))
+		return fmt.Errorf("%s: %w", in.name, explain(explainTruncation(in, err), len(keks) > 0))
 	}
 	return o.commit(u)
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -193,6 +194,40 @@ func TestDecryptInterruptedLeavesNothing(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
 		t.Fatalf("exit %v, want 130; stderr %s", err, stderr.Bytes())
+	}
+	mustNotExist(t, filepath.Join(dir, "out"))
+}
+
+// cancelReader cancels its context once n bytes were read, and goes on
+// giving data: the next read sees the interrupt.
+type cancelReader struct {
+	r      io.Reader
+	n      int
+	cancel context.CancelFunc
+}
+
+func (c *cancelReader) Read(p []byte) (int, error) {
+	if c.n <= 0 {
+		c.cancel()
+	}
+	k, err := c.r.Read(p[:min(len(p), max(c.n, 1))])
+	c.n -= k
+	return k, err
+}
+
+// An interrupt noticed between two reads of the input (not by the grace
+// period's exit) is still an interrupt: exit 130, and nothing at OUT.
+func TestDecryptInterruptBetweenReads(t *testing.T) {
+	dir, _ := setup(t, 2<<20)
+	kp(t, dir, nil, "encrypt", "--kek", "local:kek.json", "-o", "f.kpc", "plain.bin").expect(t, 0)
+	ct := readFile(t, filepath.Join(dir, "f.kpc"))
+	t.Chdir(dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"decrypt", "--kek", "local:kek.json", "-o", "out"}, &cancelReader{r: bytes.NewReader(ct), n: len(ct) / 2, cancel: cancel}, &stdout, &stderr)
+	if code != 130 {
+		t.Fatalf("exit %d, want 130; stderr %s", code, stderr.Bytes())
 	}
 	mustNotExist(t, filepath.Join(dir, "out"))
 }
