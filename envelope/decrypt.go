@@ -144,17 +144,12 @@ func (d *Decrypter) Open(ctx context.Context, ciphertext []byte) ([]byte, error)
 		return nil, err
 	}
 	body := ciphertext[h.Size():]
-	sb := body
-	want := h.Core.PlaintextSize
-	if want >= 0 {
-		// FORMAT.md §2.1: the stream is at most the body the recorded
-		// size implies.
-		expected, err := h.Core.Stream.BodySize(want)
-		if err != nil {
-			return nil, err
-		}
-		sb = body[:min(int64(len(body)), expected)]
+	n, err := streamSize(h, int64(len(body)))
+	if err != nil {
+		return nil, err
 	}
+	sb := body[:n]
+	want := h.Core.PlaintextSize
 	plaintext, err := c.OpenBody(nil, sb, &stream.Options{Workers: d.Workers, Context: ctx})
 	if err != nil {
 		return nil, err
@@ -267,19 +262,29 @@ func (d *Decrypter) newFileReader(ctx context.Context, f fileSource, off, n int6
 	// stream is at most the body that size implies, and what follows is
 	// trailing data, reported after the size is checked.
 	bodySize := n - h.Size()
-	streamSize := bodySize
-	if r.size >= 0 {
-		expected, err := h.Core.Stream.BodySize(r.size)
-		if err != nil {
-			return nil, err
-		}
-		streamSize = min(bodySize, expected)
-		r.trailing = bodySize > streamSize
+	ss, err := streamSize(h, bodySize)
+	if err != nil {
+		return nil, err
 	}
+	r.trailing = bodySize > ss
 	r.seekEnd = func() error { _, err := f.Seek(off+n, io.SeekStart); return err }
-	body := ctxReaderAt{r: io.NewSectionReader(f, off+h.Size(), streamSize), ctx: r.ctx}
-	r.sr = c.NewReaderFromAt(body, streamSize, &stream.Options{Workers: d.readWorkers(h)})
+	body := ctxReaderAt{r: io.NewSectionReader(f, off+h.Size(), ss), ctx: r.ctx}
+	r.sr = c.NewReaderFromAt(body, ss, &stream.Options{Workers: d.readWorkers(h)})
 	return r, nil
+}
+
+// streamSize is the size of the stream in a body of bodySize bytes under
+// header h: the whole body, or with a recorded plaintext size at most the
+// body that size implies (FORMAT.md §2.1), what follows being trailing data.
+func streamSize(h *format.Header, bodySize int64) (int64, error) {
+	if h.Core.PlaintextSize < 0 {
+		return bodySize, nil
+	}
+	expected, err := h.Core.Stream.BodySize(h.Core.PlaintextSize)
+	if err != nil {
+		return 0, err
+	}
+	return min(bodySize, expected), nil
 }
 
 // Bounds on zstd decoding: the window a frame may ask for, and the memory
@@ -315,24 +320,19 @@ func (d *Decrypter) NewReaderAt(ctx context.Context, src io.ReaderAt, size int64
 	// length is compared with the size, and only then is what follows it
 	// trailing data.
 	bodySize := size - h.Size()
-	streamSize := bodySize
-	want := h.Core.PlaintextSize
-	if want >= 0 {
-		expected, err := h.Core.Stream.BodySize(want)
-		if err != nil {
-			return nil, err
-		}
-		streamSize = min(bodySize, expected)
-	}
-	sra, err := c.NewReaderAtOptions(io.NewSectionReader(src, h.Size(), streamSize), streamSize, &stream.Options{Workers: d.Workers})
+	ss, err := streamSize(h, bodySize)
 	if err != nil {
 		return nil, err
 	}
-	if want >= 0 && sra.Size() != want {
+	sra, err := c.NewReaderAtOptions(io.NewSectionReader(src, h.Size(), ss), ss, &stream.Options{Workers: d.Workers})
+	if err != nil {
+		return nil, err
+	}
+	if want := h.Core.PlaintextSize; want >= 0 && sra.Size() != want {
 		return nil, fmt.Errorf("envelope: %w: the body holds %d bytes, the header says %d", ErrSizeMismatch, sra.Size(), want)
 	}
-	if bodySize > streamSize {
-		return nil, fmt.Errorf("envelope: %w: %d bytes after the body", ErrTrailingData, bodySize-streamSize)
+	if bodySize > ss {
+		return nil, fmt.Errorf("envelope: %w: %d bytes after the body", ErrTrailingData, bodySize-ss)
 	}
 	return &ReaderAt{ra: sra, slot: slot, ins: d.tel.get(d.Telemetry)}, nil
 }
@@ -424,11 +424,7 @@ func openSlots(ctx context.Context, ins *instruments, h *format.Header, keyring 
 // unwrapped the slot (their errors go to noKEK).
 func tryKEKs(ctx context.Context, ins *instruments, h *format.Header, i int, slot *format.Slot, keks []kms.KEK, aad []byte, noKEK *NoKEKError) ([]byte, *stream.Cipher, *OpenedSlot, error) {
 	for _, kek := range keks {
-		var res kms.UnwrapResult
-		err := ins.kmsCall(ctx, "unwrap", kek.URI(), func(ctx context.Context) (err error) {
-			res, err = kek.Unwrap(ctx, slot.Wrapped, aad)
-			return err
-		})
+		res, err := unwrap(ctx, ins, kek, slot.Wrapped, aad)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil, nil, err
@@ -447,6 +443,15 @@ func tryKEKs(ctx context.Context, ins *instruments, h *format.Header, i int, slo
 			unwrappedVersion: res.KeyVersion, kek: kek}, nil
 	}
 	return nil, nil, nil, nil
+}
+
+// unwrap unwraps wrapped with kek, under telemetry.
+func unwrap(ctx context.Context, ins *instruments, kek kms.KEK, wrapped, aad []byte) (res kms.UnwrapResult, err error) {
+	err = ins.kmsCall(ctx, "unwrap", kek.URI(), func(ctx context.Context) (err error) {
+		res, err = kek.Unwrap(ctx, wrapped, aad)
+		return err
+	})
+	return res, err
 }
 
 // minVersionCheck refuses a slot whose key version is retired.

@@ -320,15 +320,11 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 	if small {
 		// A shared DEK's slots are known; a fresh DEK's are estimated,
 		// from the slots this Encrypter made before if it has.
-		var sizes []int
 		if shared != nil {
-			for _, s := range shared.slots {
-				sizes = append(sizes, s.Size())
-			}
+			core.SlotTableSize = tableSizeFor(shared.slots)
 		} else {
-			sizes = e.slotEstimates()
+			core.SlotTableSize = smallTableSize(e.slotEstimates())
 		}
-		core.SlotTableSize = smallTableSize(sizes)
 	}
 	for attempt := 0; ; attempt++ {
 		if core.MAC, err = headerMAC(dek, core); err != nil {
@@ -351,11 +347,7 @@ func (e *Encrypter) newHeader(ctx context.Context, size int64) ([]byte, *stream.
 		if err != nil && small && attempt == 0 && shared == nil && errors.Is(err, format.ErrSlotTableFull) {
 			// The estimate fell short: size the table to the slots, which
 			// binds them to another core, and wrap again.
-			sizes := make([]int, len(slots))
-			for i, s := range slots {
-				sizes[i] = s.Size()
-			}
-			core.SlotTableSize = smallTableSize(sizes)
+			core.SlotTableSize = tableSizeFor(slots)
 			continue
 		}
 		if err != nil {
@@ -408,6 +400,15 @@ func smallTableSize(sizes []int) int {
 	return min(max(n, MinSlotTableSize), MaxSlotTableSize)
 }
 
+// tableSizeFor is smallTableSize for the given slots.
+func tableSizeFor(slots []format.Slot) int {
+	sizes := make([]int, len(slots))
+	for i, s := range slots {
+		sizes[i] = s.Size()
+	}
+	return smallTableSize(sizes)
+}
+
 // slotEstimates estimates the size of the slot each KEK will make: the
 // size of the last one it made for this Encrypter, or else its URI plus 6
 // bytes of framing, 40 of key version and 240 of wrapped DEK (a Key Protect
@@ -448,20 +449,13 @@ func (e *Encrypter) learnSlotSizes(slots []format.Slot) {
 // one; a caller that finds no DEK left waits for one, or for its context to
 // end. The caller clears the DEK.
 func (e *Encrypter) dataKey(ctx context.Context, pairs []format.Pair, size int64) ([]byte, *sharedKey, error) {
-	fresh := func() ([]byte, error) {
-		dek := make([]byte, stream.KeySize)
-		if _, err := rand.Read(dek); err != nil {
-			return nil, err
-		}
-		return dek, nil
-	}
 	if e.Reuse == nil {
-		dek, err := fresh()
+		dek, err := freshDEK()
 		return dek, nil, err
 	}
 	maxStreams, maxAge, maxBytes := e.Reuse.limits()
 	if maxStreams <= 1 {
-		dek, err := fresh()
+		dek, err := freshDEK()
 		return dek, nil, err
 	}
 	ahead := e.Reuse.ahead()
@@ -504,7 +498,7 @@ func (e *Encrypter) dataKey(ctx context.Context, pairs []format.Pair, size int64
 			if renew {
 				// Wrap the next DEK ahead. Its failure is not this stream's:
 				// the next caller to find the DEK half spent tries again.
-				_ = e.renew(ctx, pairs, gen, fresh)
+				_ = e.renew(ctx, pairs, gen)
 			}
 			return dek, k, nil
 		}
@@ -518,7 +512,7 @@ func (e *Encrypter) dataKey(ctx context.Context, pairs []format.Pair, size int64
 			e.renewing++
 			gen := e.generation
 			e.mu.Unlock()
-			if err := e.renew(ctx, pairs, gen, fresh); err != nil {
+			if err := e.renew(ctx, pairs, gen); err != nil {
 				return nil, nil, err
 			}
 			e.mu.Lock()
@@ -539,11 +533,20 @@ func (e *Encrypter) dataKey(ctx context.Context, pairs []format.Pair, size int64
 	}
 }
 
+// freshDEK returns a new random DEK.
+func freshDEK() ([]byte, error) {
+	dek := make([]byte, stream.KeySize)
+	if _, err := rand.Read(dek); err != nil {
+		return nil, err
+	}
+	return dek, nil
+}
+
 // renew wraps a new shared DEK under every KEK, without holding e.mu, and
 // adds it to the ready ones, unless ClearDataKey was called meanwhile
 // (gen tells). The caller has counted it in e.renewing. Whatever the
 // outcome, the callers waiting for a DEK are woken.
-func (e *Encrypter) renew(ctx context.Context, pairs []format.Pair, gen uint64, fresh func() ([]byte, error)) (err error) {
+func (e *Encrypter) renew(ctx context.Context, pairs []format.Pair, gen uint64) (err error) {
 	var k *sharedKey
 	defer func() {
 		e.mu.Lock()
@@ -559,7 +562,7 @@ func (e *Encrypter) renew(ctx context.Context, pairs []format.Pair, gen uint64, 
 		}
 		e.mu.Unlock()
 	}()
-	dek, err := fresh()
+	dek, err := freshDEK()
 	if err != nil {
 		return err
 	}
@@ -609,16 +612,11 @@ func (e *Encrypter) ClearDataKey() {
 func wrapAll(ctx context.Context, ins *instruments, keks []kms.KEK, dek []byte, aad func(uri string) []byte, recipe uint8) ([]format.Slot, error) {
 	if len(keks) == 1 {
 		// One KEK: no goroutine to start and wait for.
-		uri := keks[0].URI()
-		var w kms.WrappedKey
-		err := ins.kmsCall(ctx, "wrap", uri, func(ctx context.Context) (err error) {
-			w, err = keks[0].Wrap(ctx, dek, aad(uri))
-			return err
-		})
+		s, err := wrapSlot(ctx, ins, keks[0], keks[0].URI(), dek, aad, recipe)
 		if err != nil {
-			return nil, fmt.Errorf("wrapping the data key: %w", err)
+			return nil, err
 		}
-		return []format.Slot{{AADRecipe: recipe, URI: uri, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}}, nil
+		return []format.Slot{s}, nil
 	}
 	slots := make([]format.Slot, len(keks))
 	errs := make([]error, len(keks))
@@ -633,17 +631,7 @@ func wrapAll(ctx context.Context, ins *instruments, keks []kms.KEK, dek []byte, 
 					errs[i] = fmt.Errorf("envelope: KEK %d stopped its goroutine while wrapping", i)
 				}
 			}()
-			uri := kek.URI()
-			var w kms.WrappedKey
-			err := ins.kmsCall(ctx, "wrap", uri, func(ctx context.Context) (err error) {
-				w, err = kek.Wrap(ctx, dek, aad(uri))
-				return err
-			})
-			if err != nil {
-				errs[i] = fmt.Errorf("wrapping the data key: %w", err)
-				return
-			}
-			slots[i] = format.Slot{AADRecipe: recipe, URI: uri, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}
+			slots[i], errs[i] = wrapSlot(ctx, ins, kek, kek.URI(), dek, aad, recipe)
 		})
 	}
 	wg.Wait()
@@ -658,6 +646,20 @@ func wrapAll(ctx context.Context, ins *instruments, keks []kms.KEK, dek []byte, 
 		}
 	}
 	return slots, nil
+}
+
+// wrapSlot wraps dek under kek into a slot of the given recipe for uri,
+// with the associated data aad gives for uri.
+func wrapSlot(ctx context.Context, ins *instruments, kek kms.KEK, uri string, dek []byte, aad func(uri string) []byte, recipe uint8) (format.Slot, error) {
+	var w kms.WrappedKey
+	err := ins.kmsCall(ctx, "wrap", uri, func(ctx context.Context) (err error) {
+		w, err = kek.Wrap(ctx, dek, aad(uri))
+		return err
+	})
+	if err != nil {
+		return format.Slot{}, fmt.Errorf("wrapping the data key: %w", err)
+	}
+	return format.Slot{AADRecipe: recipe, URI: uri, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, nil
 }
 
 func sortedContext(m map[string]string) []format.Pair {

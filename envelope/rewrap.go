@@ -166,9 +166,13 @@ func (c *RewrapCache) rewrap(ctx context.Context, s *format.Slot, aad []byte, r 
 	if c == nil || s.AADRecipe != format.AADRecipeShared {
 		return r.Rewrap(ctx, s.Wrapped, aad)
 	}
-	return once(ctx, &c.mu, &c.rewraps, newRewrapKey(s.URI, s.Wrapped, aad), func() (kms.WrappedKey, error) {
-		return r.Rewrap(ctx, s.Wrapped, aad)
-	})
+	return c.shared(ctx, s, aad, func() (kms.WrappedKey, error) { return r.Rewrap(ctx, s.Wrapped, aad) })
+}
+
+// shared runs fn, through once, for the shared slot s with associated data
+// aad: one new wrapping of the slot serves every file that holds it.
+func (c *RewrapCache) shared(ctx context.Context, s *format.Slot, aad []byte, fn func() (kms.WrappedKey, error)) (kms.WrappedKey, error) {
+	return once(ctx, &c.mu, &c.rewraps, newRewrapKey(s.URI, s.Wrapped, aad), fn)
 }
 
 // SlotChange describes what Rewrap did, or would do, to one slot.
@@ -331,11 +335,7 @@ func (rw *rewrapper) grownHeader(slots []format.Slot, res *RewrapResult) ([]byte
 		return nil, err
 	}
 	core := *rw.h.Core
-	sizes := make([]int, len(slots))
-	for i, s := range slots {
-		sizes[i] = s.Size()
-	}
-	size := smallTableSize(sizes)
+	size := tableSizeFor(slots)
 	if core.PlaintextSize < 0 || core.PlaintextSize >= SmallFileSize {
 		// A large file is costly to rewrite: leave room for more slots.
 		size = max(size, 2*core.SlotTableSize, DefaultSlotTableSize)
@@ -363,24 +363,18 @@ func (rw *rewrapper) grownHeader(slots []format.Slot, res *RewrapResult) ([]byte
 				return nil, fmt.Errorf("envelope: the slots do not fit the slot table, and rewriting the file with a larger one needs every slot wrapped anew, but slot %s cannot be: %w", s.URI, err)
 			}
 		}
-		var w kms.WrappedKey
-		err = rw.ins.kmsCall(rw.ctx, "wrap", s.URI, func(ctx context.Context) (err error) {
-			w, err = kek.Wrap(ctx, dek, slotAAD(coreBytes, s.URI))
-			return err
-		})
-		if err != nil {
-			return nil, fmt.Errorf("wrapping the data key: %w", err)
+		if out[i], err = wrapSlot(rw.ctx, rw.ins, kek, s.URI, dek, func(uri string) []byte { return slotAAD(coreBytes, uri) }, format.AADRecipeV1); err != nil {
+			return nil, err
 		}
-		out[i] = format.Slot{AADRecipe: format.AADRecipeV1, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}
 		for j := range res.Slots {
 			c := &res.Slots[j]
 			if c.URI != s.URI || c.Action == "removed" {
 				continue
 			}
-			if c.NewVersion != w.KeyVersion && (c.Action == "kept" || c.Action == "current") {
+			if c.NewVersion != out[i].KeyVersion && (c.Action == "kept" || c.Action == "current") {
 				c.Action = "rewrapped"
 			}
-			c.NewVersion, c.ServerSide = w.KeyVersion, false
+			c.NewVersion, c.ServerSide = out[i].KeyVersion, false
 		}
 	}
 	table, err := (&format.SlotTable{Sequence: res.Sequence, Slots: out}).Marshal(core.SlotTableSize)
@@ -665,15 +659,7 @@ func (rw *rewrapper) wrap(kek kms.KEK) (format.Slot, error) {
 	if err != nil {
 		return format.Slot{}, err
 	}
-	var w kms.WrappedKey
-	err = rw.ins.kmsCall(rw.ctx, "wrap", kek.URI(), func(ctx context.Context) (err error) {
-		w, err = kek.Wrap(ctx, dek, slotAAD(rw.h.CoreBytes, kek.URI()))
-		return err
-	})
-	if err != nil {
-		return format.Slot{}, fmt.Errorf("wrapping the data key: %w", err)
-	}
-	return format.Slot{AADRecipe: format.AADRecipeV1, URI: kek.URI(), KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, nil
+	return wrapSlot(rw.ctx, rw.ins, kek, kek.URI(), dek, func(uri string) []byte { return slotAAD(rw.h.CoreBytes, uri) }, format.AADRecipeV1)
 }
 
 // plan computes the new slots and what changes.
@@ -707,12 +693,12 @@ func (rw *rewrapper) plan() ([]format.Slot, []SlotChange, error) {
 		}
 		if editing {
 			// Adding or removing slots leaves the others as they are.
-			p.put(s, SlotChange{URI: s.URI, Action: "kept", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion})
+			p.keep(s, "kept", nil)
 			continue
 		}
 		kek, err := rw.kekFor(s.URI)
 		if kek == nil && (err == nil || errors.Is(err, kms.ErrUntrusted) || errors.Is(err, kms.ErrInvalidURI)) {
-			p.put(s, SlotChange{URI: s.URI, Action: "unchecked", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion, Err: err})
+			p.keep(s, "unchecked", err)
 			continue
 		}
 		if err != nil {
@@ -743,6 +729,22 @@ type slotPlan struct {
 
 func (p *slotPlan) put(s format.Slot, c SlotChange) {
 	p.slots, p.changes = append(p.slots, s), append(p.changes, c)
+}
+
+// keep puts s unchanged, with the given action ("kept", "current" or
+// "unchecked") and, for "unchecked", why.
+func (p *slotPlan) keep(s format.Slot, action string, err error) {
+	p.put(s, SlotChange{URI: s.URI, Action: action, OldVersion: s.KeyVersion, NewVersion: s.KeyVersion, Err: err})
+}
+
+// uncheckedIfNotHeld keeps s as "unchecked" if err is a *notHeldError (the
+// slot is not its KEK's own), and returns any other error.
+func (p *slotPlan) uncheckedIfNotHeld(s format.Slot, err error) error {
+	if nh := (*notHeldError)(nil); errors.As(err, &nh) {
+		p.keep(s, "unchecked", err)
+		return nil
+	}
+	return err
 }
 
 func (p *slotPlan) drop(s format.Slot) {
@@ -791,11 +793,7 @@ func (rw *rewrapper) holds(kek kms.KEK, s format.Slot, dek []byte) error {
 	if err != nil {
 		return err
 	}
-	var res kms.UnwrapResult
-	err = rw.ins.kmsCall(rw.ctx, "unwrap", kek.URI(), func(ctx context.Context) (err error) {
-		res, err = kek.Unwrap(ctx, s.Wrapped, aad)
-		return err
-	})
+	res, err := unwrap(rw.ctx, rw.ins, kek, s.Wrapped, aad)
 	same := err == nil && bytes.Equal(res.DEK, dek)
 	clear(res.DEK)
 	if same {
@@ -805,6 +803,16 @@ func (rw *rewrapper) holds(kek kms.KEK, s format.Slot, dek []byte) error {
 		return fmt.Errorf("checking slot %s: %w", s.URI, err)
 	}
 	return &notHeldError{uri: s.URI, err: err}
+}
+
+// own checks, as holds does, that kek unwraps slot s to the file's DEK,
+// unwrapped first if it was not, and returns the DEK.
+func (rw *rewrapper) own(kek kms.KEK, s format.Slot) ([]byte, error) {
+	dek, err := rw.getDEK()
+	if err != nil {
+		return nil, err
+	}
+	return dek, rw.holds(kek, s, dek)
 }
 
 // sameKEK reports whether a and b are the same KEK value.
@@ -854,11 +862,9 @@ func (rw *rewrapper) kekFor(uri string) (kms.KEK, error) {
 
 // refresh moves slot s to kek's current version, if it is not there.
 func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
-	c := SlotChange{URI: s.URI, OldVersion: s.KeyVersion, NewVersion: s.KeyVersion}
 	vr, ok := kek.(kms.VersionReporter)
 	if !ok {
-		c.Action = "kept"
-		p.put(s, c)
+		p.keep(s, "kept", nil)
 		return nil
 	}
 	current, err := rw.opts.Cache.currentVersion(rw.ctx, s.URI, telVersions{vr, rw.ins})
@@ -866,26 +872,17 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 		return err
 	}
 	if current == s.KeyVersion {
-		c.Action = "current"
-		p.put(s, c)
+		p.keep(s, "current", nil)
 		return nil
 	}
-	c.Action, c.NewVersion = "rewrapped", current
+	c := SlotChange{URI: s.URI, Action: "rewrapped", OldVersion: s.KeyVersion, NewVersion: current}
 	if rw.opts.DryRun {
 		_, c.ServerSide = kek.(kms.Rewrapper)
 		if !c.ServerSide {
 			// As the rewrap would (below), check that the slot is
 			// kek's own: an unwrap, no KMS write.
-			dek, err := rw.getDEK()
-			if err != nil {
-				return err
-			}
-			if err := rw.holds(kek, s, dek); err != nil {
-				if nh := (*notHeldError)(nil); errors.As(err, &nh) {
-					p.put(s, SlotChange{URI: s.URI, Action: "unchecked", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion, Err: err})
-					return nil
-				}
-				return err
+			if _, err := rw.own(kek, s); err != nil {
+				return p.uncheckedIfNotHeld(s, err)
 			}
 		}
 		p.put(s, c)
@@ -916,12 +913,9 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 		if err != nil {
 			return err
 		}
-		w, err := once(rw.ctx, &rw.opts.Cache.mu, &rw.opts.Cache.rewraps, newRewrapKey(s.URI, s.Wrapped, aad), func() (kms.WrappedKey, error) {
-			dek, err := rw.getDEK()
+		w, err := rw.opts.Cache.shared(rw.ctx, &s, aad, func() (kms.WrappedKey, error) {
+			dek, err := rw.own(kek, s)
 			if err != nil {
-				return kms.WrappedKey{}, err
-			}
-			if err := rw.holds(kek, s, dek); err != nil {
 				return kms.WrappedKey{}, err
 			}
 			w, err := kek.Wrap(rw.ctx, dek, aad)
@@ -930,27 +924,15 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 			}
 			return w, nil
 		})
-		if nh := (*notHeldError)(nil); errors.As(err, &nh) {
-			p.put(s, SlotChange{URI: s.URI, Action: "unchecked", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion, Err: err})
-			return nil
-		}
 		if err != nil {
-			return err
+			return p.uncheckedIfNotHeld(s, err)
 		}
 		c.NewVersion = w.KeyVersion
 		p.put(format.Slot{AADRecipe: s.AADRecipe, URI: s.URI, KeyVersion: w.KeyVersion, Wrapped: w.Ciphertext}, c)
 		return nil
 	}
-	dek, err := rw.getDEK()
-	if err != nil {
-		return err
-	}
-	if err := rw.holds(kek, s, dek); err != nil {
-		if nh := (*notHeldError)(nil); errors.As(err, &nh) {
-			p.put(s, SlotChange{URI: s.URI, Action: "unchecked", OldVersion: s.KeyVersion, NewVersion: s.KeyVersion, Err: err})
-			return nil
-		}
-		return err
+	if _, err := rw.own(kek, s); err != nil {
+		return p.uncheckedIfNotHeld(s, err)
 	}
 	ns, err := rw.wrap(kek)
 	if err != nil {
