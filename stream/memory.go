@@ -83,17 +83,14 @@ func (c *Cipher) OpenBody(dst, body []byte, opts *Options) ([]byte, error) {
 	dst = grow(dst, plainSize)
 	out := dst[start:]
 	err := c.parallel(opts, opened, func(n *[nonceSize]byte, i uint64) error {
-		ct := body[int(i)*full : min(int(i+1)*full, len(body))]
-		final := len(ct) < full
-		if !final && i+1 >= c.maxChunks {
-			return &ChunkError{Index: i, Err: ErrTooLong}
+		off, k, final, err := c.bodyChunk(i, int64(len(body)))
+		if err != nil {
+			return err
 		}
-		if len(ct) == 0 {
-			return &ChunkError{Index: i, Err: ErrTruncated}
-		}
+		ct := body[off:][:k]
 		o := int(i) * cs
 		pt := out[o:o:min(o+cs, len(out))]
-		_, err := c.openNonce(n, pt, ct, i, final)
+		_, err = c.openNonce(n, pt, ct, i, final)
 		return err
 	})
 	if err == nil && rem == 0 && len(body) > 0 && whole < c.maxChunks {
@@ -105,6 +102,25 @@ func (c *Cipher) OpenBody(dst, body []byte, opts *Options) ([]byte, error) {
 		return nil, err
 	}
 	return dst, nil
+}
+
+// bodyChunk locates chunk i of a body of size bytes as a sequential
+// [Reader] of the body finds it: n bytes at off, final if shorter than a
+// full chunk. It fails where that reader fails without opening the chunk:
+// with [ErrTruncated] if the body ends before the chunk, and with
+// [ErrTooLong] if a full chunk leaves no index for the final one.
+func (c *Cipher) bodyChunk(i uint64, size int64) (off int64, n int, final bool, err error) {
+	full := int64(c.header.ChunkSize) + TagSize
+	off = int64(i) * full
+	if off >= size || off < 0 {
+		return 0, 0, false, &ChunkError{Index: i, Err: ErrTruncated}
+	}
+	n64 := min(full, size-off)
+	final = n64 < full
+	if !final && i+1 >= c.maxChunks {
+		return 0, 0, false, &ChunkError{Index: i, Err: ErrTooLong}
+	}
+	return off, int(n64), final, nil
 }
 
 // parallel runs do on chunks 0 to n-1 on up to opts.workers() goroutines,
@@ -131,26 +147,10 @@ func (c *Cipher) parallel(opts *Options, n uint64, do func(nonce *[nonceSize]byt
 		return nil
 	}
 	var (
-		next    atomic.Uint64 // the next chunk to take
-		failed  atomic.Uint64 // lowest failed chunk + 1, or 0
-		mu      sync.Mutex
-		lowest  = n // guarded by mu, with firstErr
-		firstEr error
-		wg      sync.WaitGroup
+		next atomic.Uint64 // the next chunk to take
+		ff   firstFailure
+		wg   sync.WaitGroup
 	)
-	fail := func(i uint64, err error) {
-		mu.Lock()
-		if i < lowest {
-			lowest, firstEr = i, err
-		}
-		mu.Unlock()
-		for {
-			f := failed.Load()
-			if f != 0 && f <= i+1 || failed.CompareAndSwap(f, i+1) {
-				return
-			}
-		}
-	}
 	// Workers take runs of up to 16 consecutive chunks (1 MiB at the
 	// default size): fewer atomic operations, and each worker's writes,
 	// which fault a fresh output's pages in, stay apart from the others'.
@@ -163,15 +163,15 @@ func (c *Cipher) parallel(opts *Options, n uint64, do func(nonce *[nonceSize]byt
 				return
 			}
 			for i := from; i < min(from+block, n); i++ {
-				if f := failed.Load(); f != 0 && i >= f-1 {
+				if ff.skip(i) {
 					return
 				}
 				if err := ctxErr(ctx, i); err != nil {
-					fail(i, err)
+					ff.record(i, err)
 					return
 				}
 				if err := do(&nonce, i); err != nil {
-					fail(i, err)
+					ff.record(i, err)
 					return
 				}
 			}
@@ -182,17 +182,50 @@ func (c *Cipher) parallel(opts *Options, n uint64, do func(nonce *[nonceSize]byt
 	}
 	work()
 	wg.Wait()
-	return firstEr
+	return ff.err
 }
 
-func ctxErr(ctx context.Context, i uint64) error {
-	if ctx == nil {
-		return nil
+// firstFailure keeps, among chunks processed in parallel, the error of the
+// lowest one that failed: the one a sequential loop stopping at its first
+// failure would return.
+type firstFailure struct {
+	failed atomic.Uint64 // lowest failed chunk + 1, or 0
+	mu     sync.Mutex
+	err    error // of the lowest failed chunk, guarded by mu
+}
+
+// record notes that chunk i failed with err.
+func (f *firstFailure) record(i uint64, err error) {
+	f.mu.Lock()
+	if v := f.failed.Load(); v == 0 || i < v-1 {
+		f.failed.Store(i + 1)
+		f.err = err
 	}
-	if err := ctx.Err(); err != nil {
+	f.mu.Unlock()
+}
+
+// skip reports whether chunk i is at or above a chunk that failed, so that
+// a sequential loop would not reach it.
+func (f *firstFailure) skip(i uint64) bool {
+	v := f.failed.Load()
+	return v != 0 && i >= v-1
+}
+
+// ctxErr is contextErr for chunk i, wrapped with the chunk's index.
+func ctxErr(ctx context.Context, i uint64) error {
+	if err := contextErr(ctx); err != nil {
 		return fmt.Errorf("stream: chunk %d: %w", i, err)
 	}
 	return nil
+}
+
+// contextErr returns ctx.Err(), or nil if ctx is nil ([Options.Context]
+// unset).
+func contextErr(ctx context.Context) error {
+	if ctx == nil {
+		return nil
+	}
+	return ctx.Err()
 }
 
 // grow returns dst extended by n bytes, in place if its capacity allows.

@@ -58,30 +58,52 @@ type chunk struct {
 func (ch *chunk) readAt() (ok bool) {
 	ra := ch.ra
 	ch.ra = nil
-	defer func() {
-		if !ok && ch.err == nil {
-			ch.panicked = recover()
-			if ch.panicked == nil {
-				ch.panicked = errPanicked
-			}
-			ch.err = errPanicked
-		}
-	}()
+	returned := false
+	defer ch.recoverPanic(&returned)
 	ch.buf = ch.buf[:ch.raLen]
-	if k, err := ra.ReadAt(ch.buf, ch.raOff); k < ch.raLen {
-		if err == nil || errors.Is(err, io.EOF) {
-			err = &ChunkError{Index: ch.index, Err: ErrTruncated}
-		}
+	err := readChunkAt(ra, ch.buf, ch.raOff, ch.index)
+	returned = true
+	if err != nil {
 		ch.buf = ch.buf[:0]
-		ch.err = fmt.Errorf("stream: reading chunk %d: %w", ch.index, err)
+		ch.err = err
 		return false
 	}
 	return true
 }
 
-func newChunk(chunkSize int) *chunk {
+// recoverPanic is deferred around a call of the caller's reader, with
+// *returned set once the call has returned: otherwise it recovers the panic
+// into ch.panicked, for the caller's goroutine to raise again, and fails the
+// chunk with errPanicked.
+func (ch *chunk) recoverPanic(returned *bool) {
+	if *returned {
+		return
+	}
+	ch.panicked = recover()
+	if ch.panicked == nil {
+		// runtime.Goexit, or panic(nil) with GODEBUG=panicnil=1.
+		ch.panicked = errPanicked
+	}
+	ch.err = errPanicked
+}
+
+// readChunkAt reads len(buf) bytes of chunk index at off in ra. A short read
+// fails with [ErrTruncated].
+func readChunkAt(ra io.ReaderAt, buf []byte, off int64, index uint64) error {
+	// A ReaderAt may return io.EOF with a full read at the end of its input.
+	if k, err := ra.ReadAt(buf, off); k < len(buf) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = &ChunkError{Index: index, Err: ErrTruncated}
+		}
+		return fmt.Errorf("stream: reading chunk %d: %w", index, err)
+	}
+	return nil
+}
+
+// newChunk returns a chunk buffer for size bytes of plaintext and a tag.
+func newChunk(size int) *chunk {
 	buffersAllocated.Add(1)
-	return &chunk{buf: make([]byte, 0, chunkSize+TagSize), done: make(chan struct{}, 1)}
+	return &chunk{buf: make([]byte, 0, size+TagSize), done: make(chan struct{}, 1)}
 }
 
 // maxBuffers returns the number of chunk buffers a stream of chunkSize-byte

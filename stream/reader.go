@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sync/atomic"
 )
 
 // errReadAfterClose is the sticky error of a Reader after Close.
@@ -76,28 +75,19 @@ func (c *Cipher) NewReaderFromAt(src io.ReaderAt, bodySize int64, opts *Options)
 // where the sequential read would fail without opening it.
 func (b *bodyAt) chunk(ch *chunk) {
 	ch.err = nil
-	if b.ctx != nil {
-		if err := b.ctx.Err(); err != nil {
-			ch.buf = ch.buf[:0]
-			ch.err = err
-			return
-		}
-	}
-	full := int64(b.c.header.ChunkSize) + TagSize
-	off := int64(ch.index) * full
-	if off >= b.size || off < 0 {
+	if err := contextErr(b.ctx); err != nil {
 		ch.buf = ch.buf[:0]
-		ch.err = &ChunkError{Index: ch.index, Err: ErrTruncated}
+		ch.err = err
 		return
 	}
-	n := min(full, b.size-off)
-	ch.final = n < full
-	if !ch.final && ch.index+1 >= b.c.maxChunks {
+	off, n, final, err := b.c.bodyChunk(ch.index, b.size)
+	if err != nil {
 		ch.buf = ch.buf[:0]
-		ch.err = &ChunkError{Index: ch.index, Err: ErrTooLong}
+		ch.err = err
 		return
 	}
-	ch.ra, ch.raOff, ch.raLen = b.ra, off, int(n)
+	ch.final = final
+	ch.ra, ch.raOff, ch.raLen = b.ra, off, n
 }
 
 // decPipe is a Reader's pipeline: a producer goroutine reads chunks from
@@ -107,8 +97,6 @@ type decPipe struct {
 	pool  *workerPool
 	order chan *chunk
 	free  chan *chunk
-	// bufs counts the chunk buffers the producer allocated.
-	bufs atomic.Int64
 }
 
 // NewReader returns a Reader of the plaintext of the stream body read from
@@ -278,6 +266,7 @@ func (r *Reader) startPipe() {
 	c, src, ctx, cs, nbuf, at := r.c, r.src, r.ctx, r.cs, r.nbuf, r.at
 	produce := func(p *workerPool) {
 		defer close(d.order)
+		bufs := 0 // chunk buffers allocated
 		for index := uint64(0); ; index++ {
 			if p.stopping() {
 				return
@@ -286,8 +275,8 @@ func (r *Reader) startPipe() {
 			select {
 			case ch = <-d.free:
 			default:
-				if d.bufs.Load() < int64(nbuf) {
-					d.bufs.Add(1)
+				if bufs < nbuf {
+					bufs++
 					ch = newChunk(cs)
 					break
 				}
@@ -325,16 +314,7 @@ func (r *Reader) startPipe() {
 // readChunkRecover is readChunk that recovers a panic of src into
 // ch.panicked. It reports whether src returned normally.
 func readChunkRecover(src io.Reader, ctx context.Context, c *Cipher, ch *chunk) (ok bool) {
-	defer func() {
-		if !ok {
-			ch.panicked = recover()
-			if ch.panicked == nil {
-				// runtime.Goexit, or panic(nil) with GODEBUG=panicnil=1.
-				ch.panicked = errPanicked
-			}
-			ch.err = errPanicked
-		}
-	}()
+	defer ch.recoverPanic(&ok)
 	readChunk(src, ctx, c, ch)
 	return true
 }
@@ -359,12 +339,10 @@ func (r *Reader) take(ch *chunk) {
 // ctx fails the chunk with ctx.Err().
 func readChunk(src io.Reader, ctx context.Context, c *Cipher, ch *chunk) {
 	ch.err = nil
-	if ctx != nil {
-		if err := ctx.Err(); err != nil {
-			ch.buf = ch.buf[:0]
-			ch.err = err
-			return
-		}
+	if err := contextErr(ctx); err != nil {
+		ch.buf = ch.buf[:0]
+		ch.err = err
+		return
 	}
 	cs := c.header.ChunkSize
 	n, err := io.ReadFull(src, ch.buf[:cs+TagSize])

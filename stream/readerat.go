@@ -165,16 +165,13 @@ func (r *ReaderAt) chunk(i int64) (*atBuf, error) {
 		return b, nil
 	}
 	b := r.getBuf()
-	ct, err := r.readChunk(b.buf, i)
-	if err == nil {
-		b.pt, err = r.c.openNonce(&b.nonce, ct[:0], ct, uint64(i), i == r.chunks-1)
-	}
+	pt, err := r.open(b, b.buf[:0], i)
 	if err != nil {
 		clear(b.buf)
 		r.release(b)
 		return nil, err
 	}
-	b.index = i
+	b.pt, b.index = pt, i
 	r.mu.Lock()
 	old := r.last
 	r.last = b
@@ -186,22 +183,21 @@ func (r *ReaderAt) chunk(i int64) (*atBuf, error) {
 	return b, nil
 }
 
-// readChunk reads the ciphertext of chunk i into buf and returns it.
-func (r *ReaderAt) readChunk(buf []byte, i int64) ([]byte, error) {
+// open reads the ciphertext of chunk i into b.buf, opens it, and appends
+// the plaintext to dst, which may be b.buf[:0].
+func (r *ReaderAt) open(b *atBuf, dst []byte, i int64) ([]byte, error) {
 	full := int64(r.c.header.ChunkSize) + TagSize
 	off := i * full
 	n := full
-	if i == r.chunks-1 {
+	final := i == r.chunks-1
+	if final {
 		n = r.bodySize - off
 	}
-	buf = buf[:n]
-	if k, err := r.src.ReadAt(buf, off); k < len(buf) {
-		if err == nil || errors.Is(err, io.EOF) {
-			err = &ChunkError{Index: uint64(i), Err: ErrTruncated}
-		}
-		return nil, fmt.Errorf("stream: reading chunk %d: %w", i, err)
+	ct := b.buf[:n]
+	if err := readChunkAt(r.src, ct, off, uint64(i)); err != nil {
+		return nil, err
 	}
-	return buf, nil
+	return r.c.openNonce(&b.nonce, dst, ct, uint64(i), final)
 }
 
 // readInto puts the plaintext of chunk i from offset from (within the
@@ -219,10 +215,7 @@ func (r *ReaderAt) readInto(p []byte, i, from int64) error {
 		}
 		b := r.getBuf()
 		defer r.release(b)
-		ct, err := r.readChunk(b.buf, i)
-		if err == nil {
-			_, err = r.c.openNonce(&b.nonce, p[:0:plain], ct, uint64(i), i == r.chunks-1)
-		}
+		_, err := r.open(b, p[:0:plain], i)
 		return err
 	}
 	b, err := r.chunk(i)
@@ -262,9 +255,7 @@ func (r *ReaderAt) ReadAt(p []byte, off int64) (int, error) {
 		for i := first; i <= last; i++ {
 			q, from := r.span(p, off, i)
 			if err := r.readInto(q, i, from); err != nil {
-				k := int(max(i*cs, off) - off)
-				clear(p[k:])
-				return k, err
+				return r.failAt(p, off, i, err)
 			}
 		}
 		return len(p), eof
@@ -319,13 +310,17 @@ func (r *ReaderAt) readParallel(p []byte, off, first int64, n, workers uint64) (
 	}
 	r.mu.Unlock()
 	if f != 0 {
-		cs := int64(r.c.header.ChunkSize)
-		i := first + f - 1
-		k := int(max(i*cs, off) - off)
-		clear(p[k:])
-		return k, err
+		return r.failAt(p, off, first+int64(f)-1, err)
 	}
 	return len(p), nil
+}
+
+// failAt returns the result of a read of p from off that failed at chunk i
+// with err: the plaintext before chunk i, and err. It clears the rest of p.
+func (r *ReaderAt) failAt(p []byte, off, i int64, err error) (int, error) {
+	k := int(max(i*int64(r.c.header.ChunkSize), off) - off)
+	clear(p[k:])
+	return k, err
 }
 
 // maxSpans bounds the spanReads a ReaderAt keeps: as many as concurrent
@@ -342,10 +337,10 @@ type spanRead struct {
 	first  int64
 	n      uint64
 	next   atomic.Uint64
-	failed atomic.Int64 // lowest failed chunk - first + 1, or 0
-	mu     sync.Mutex
-	err    error // of the lowest failed chunk, guarded by mu
-	wg     sync.WaitGroup
+	// firstFailure counts chunks from first: failed is the lowest failed
+	// chunk - first + 1, or 0.
+	firstFailure
+	wg sync.WaitGroup
 }
 
 // run opens chunks until none is left, or one below the next has failed.
@@ -358,18 +353,13 @@ func (s *spanRead) run(goroutine bool) {
 		if j >= s.n {
 			return
 		}
-		if f := s.failed.Load(); f != 0 && int64(j) >= f-1 {
+		if s.skip(j) {
 			return
 		}
 		i := s.first + int64(j)
 		q, from := s.r.span(s.p, s.off, i)
 		if err := s.r.readInto(q, i, from); err != nil {
-			s.mu.Lock()
-			if f := s.failed.Load(); f == 0 || int64(j) < f-1 {
-				s.failed.Store(int64(j) + 1)
-				s.err = err
-			}
-			s.mu.Unlock()
+			s.record(j, err)
 			return
 		}
 	}

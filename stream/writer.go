@@ -2,7 +2,6 @@ package stream
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 )
@@ -54,15 +53,13 @@ func (c *Cipher) NewWriter(dst io.Writer, opts *Options) *Writer {
 	cs := c.header.ChunkSize
 	workers := opts.workers()
 	w := &Writer{c: c, dst: dst, ctx: opts.context(), cs: cs, workers: workers, nbuf: maxBuffers(workers, cs)}
+	size := cs
 	if hint := opts.sizeHint(); hint > 0 && hint < int64(cs) {
 		// One byte more than expected, so that ReadFrom sees the end of
 		// its reader without growing the buffer.
-		w.bufs++
-		buffersAllocated.Add(1)
-		w.cur = &chunk{buf: make([]byte, 0, int(hint)+1+TagSize), done: make(chan struct{}, 1)}
-	} else {
-		w.cur = w.newBuffer()
+		size = int(hint) + 1
 	}
+	w.cur = w.newBuffer(size)
 	return w
 }
 
@@ -79,9 +76,10 @@ func (w *Writer) grow() {
 	}
 }
 
-func (w *Writer) newBuffer() *chunk {
+// newBuffer allocates a chunk buffer for size bytes of plaintext.
+func (w *Writer) newBuffer(size int) *chunk {
 	w.bufs++
-	return newChunk(w.cs)
+	return newChunk(size)
 }
 
 // pipelined reports whether chunks are sealed by workers.
@@ -129,9 +127,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		}
 	}
 	// Write out the chunks sealed from p, so that none still reads it.
-	for w.err == nil && w.pending.n > 0 && w.pending.front().index < w.aliased {
-		w.writeFront()
-	}
+	w.writeBelow(w.aliased)
 	ok = true
 	return n, w.err
 }
@@ -187,9 +183,7 @@ func (w *Writer) Close() error {
 	ok := false
 	defer w.guard(&ok)
 	if w.err == nil && w.submit(true) {
-		for w.err == nil && w.pending.n > 0 {
-			w.writeFront()
-		}
+		w.writeBelow(w.index)
 	}
 	w.release()
 	ok = true
@@ -254,7 +248,7 @@ func (w *Writer) guard(ok *bool) {
 // accepted.
 func (w *Writer) submit(final bool) bool {
 	ch := w.cur
-	if err := w.ctxErr(); err != nil {
+	if err := contextErr(w.ctx); err != nil {
 		ch.src, ch.ra = nil, nil
 		w.fail(err)
 		return false
@@ -264,9 +258,7 @@ func (w *Writer) submit(final bool) bool {
 		ch.src, ch.ra = nil, nil
 		// The chunks before go out all the same: the stream stays
 		// without a final chunk.
-		for w.err == nil && w.pending.n > 0 {
-			w.writeFront()
-		}
+		w.writeBelow(w.index)
 		w.fail(ErrTooLong)
 		return false
 	}
@@ -320,7 +312,15 @@ func (w *Writer) takeBuffer() *chunk {
 		w.free = w.free[:k-1]
 		return ch
 	}
-	return w.newBuffer()
+	return w.newBuffer(w.cs)
+}
+
+// writeBelow writes out, in order, the chunks in flight whose index is
+// below end (all of them for w.index), until an error.
+func (w *Writer) writeBelow(end uint64) {
+	for w.err == nil && w.pending.n > 0 && w.pending.front().index < end {
+		w.writeFront()
+	}
 }
 
 // writeFront waits for the oldest chunk in flight, writes it to dst, and
@@ -398,12 +398,8 @@ func (w *Writer) ReadFromAt(src io.ReaderAt, off, n int64) (int64, error) {
 			}
 			limit := w.limit()
 			k := int(min(int64(limit-len(w.cur.buf)), n-done))
-			got, err := src.ReadAt(w.cur.buf[len(w.cur.buf):len(w.cur.buf)+k], off+done)
-			if got < k {
-				if err == nil || errors.Is(err, io.EOF) {
-					err = &ChunkError{Index: w.index, Err: ErrTruncated}
-				}
-				w.fail(fmt.Errorf("stream: reading chunk %d: %w", w.index, err))
+			if err := readChunkAt(src, w.cur.buf[len(w.cur.buf):len(w.cur.buf)+k], off+done, w.index); err != nil {
+				w.fail(err)
 				break
 			}
 			w.cur.buf = w.cur.buf[:len(w.cur.buf)+k]
@@ -421,9 +417,7 @@ func (w *Writer) ReadFromAt(src io.ReaderAt, off, n int64) (int64, error) {
 		done += int64(w.cs)
 	}
 	// Write out every chunk, so that an error reading src is known now.
-	for w.err == nil && w.pending.n > 0 {
-		w.writeFront()
-	}
+	w.writeBelow(w.index)
 	ok = true
 	if w.err != nil {
 		return 0, w.err
@@ -437,11 +431,4 @@ func (w *Writer) write(b []byte) error {
 		err = io.ErrShortWrite
 	}
 	return err
-}
-
-func (w *Writer) ctxErr() error {
-	if w.ctx == nil {
-		return nil
-	}
-	return w.ctx.Err()
 }

@@ -78,7 +78,8 @@ func commandFlags(ctx context.Context, u *ui) map[string][]string {
 	return out
 }
 
-func names(flags map[string][]string) []string {
+// names are the words completed first: the commands and "help".
+func names() []string {
 	var ns []string
 	for _, c := range allCommands() {
 		ns = append(ns, c.name)
@@ -89,7 +90,7 @@ func names(flags map[string][]string) []string {
 func bashCompletion(w io.Writer, flags map[string][]string) error {
 	fmt.Fprintf(w, "# bash completion for kpcrypt, made by \"kpcrypt completion bash\"\n")
 	fmt.Fprintf(w, "_kpcrypt() {\n\tlocal cur=${COMP_WORDS[COMP_CWORD]}\n\tif [ \"$COMP_CWORD\" -eq 1 ]; then\n")
-	fmt.Fprintf(w, "\t\tCOMPREPLY=($(compgen -W %q -- \"$cur\"))\n\t\treturn\n\tfi\n", strings.Join(names(flags), " "))
+	fmt.Fprintf(w, "\t\tCOMPREPLY=($(compgen -W %q -- \"$cur\"))\n\t\treturn\n\tfi\n", strings.Join(names(), " "))
 	fmt.Fprintf(w, "\tcase ${COMP_WORDS[1]} in\n")
 	for _, c := range allCommands() {
 		if fl := flags[c.name]; len(fl) > 0 {
@@ -102,7 +103,7 @@ func bashCompletion(w io.Writer, flags map[string][]string) error {
 
 func zshCompletion(w io.Writer, flags map[string][]string) error {
 	fmt.Fprintf(w, "#compdef kpcrypt\n# zsh completion for kpcrypt, made by \"kpcrypt completion zsh\"\n_kpcrypt() {\n")
-	fmt.Fprintf(w, "\tif (( CURRENT == 2 )); then\n\t\tcompadd -- %s\n\t\treturn\n\tfi\n\tcase $words[2] in\n", strings.Join(names(flags), " "))
+	fmt.Fprintf(w, "\tif (( CURRENT == 2 )); then\n\t\tcompadd -- %s\n\t\treturn\n\tfi\n\tcase $words[2] in\n", strings.Join(names(), " "))
 	for _, c := range allCommands() {
 		if fl := flags[c.name]; len(fl) > 0 {
 			fmt.Fprintf(w, "\t%s) compadd -- %s; _files ;;\n", c.name, strings.Join(fl, " "))
@@ -114,7 +115,7 @@ func zshCompletion(w io.Writer, flags map[string][]string) error {
 
 func fishCompletion(w io.Writer, flags map[string][]string) error {
 	fmt.Fprintf(w, "# fish completion for kpcrypt, made by \"kpcrypt completion fish\"\n")
-	fmt.Fprintf(w, "complete -c kpcrypt -n __fish_use_subcommand -f -a %q\n", strings.Join(names(flags), " "))
+	fmt.Fprintf(w, "complete -c kpcrypt -n __fish_use_subcommand -f -a %q\n", strings.Join(names(), " "))
 	for _, c := range allCommands() {
 		for _, f := range flags[c.name] {
 			if strings.HasPrefix(f, "--") {

@@ -178,7 +178,7 @@ func causeText(err error, uris []string) string {
 // explainTruncation says "truncated" when the size of a regular input file
 // proves it: shorter than its header says the file is.
 func explainTruncation(in *input, err error) error {
-	if in.file == nil || in.size < 0 || !errors.Is(err, stream.ErrAuthentication) {
+	if !in.regular() || !errors.Is(err, stream.ErrAuthentication) {
 		return err
 	}
 	h, herr := envelope.Inspect(io.NewSectionReader(in.file, 0, in.size))

@@ -56,7 +56,7 @@ func openInput(u *ui, path string) (*input, error) {
 // its header is read, and returns the function that releases it. Other
 // inputs (pipes, terminals) need none.
 func (in *input) lockShared(ctx context.Context) (func(), error) {
-	if in.file == nil || in.size < 0 {
+	if !in.regular() {
 		return func() {}, nil
 	}
 	if err := filelock.Lock(ctx, in.file, false); err != nil {

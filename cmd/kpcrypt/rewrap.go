@@ -15,6 +15,9 @@ import (
 	"github.com/kpcrypt/kpcrypt/internal/termsafe"
 )
 
+// testHookAfterWalk, when set, runs between the walk and the rewraps.
+var testHookAfterWalk func()
+
 func cmdRewrap(ctx context.Context, u *ui, args []string) error {
 	fs := flag.NewFlagSet("rewrap", flag.ContinueOnError)
 	var keks, to, add, remove listFlag

@@ -96,13 +96,14 @@ func isTerminal(w any) bool {
 // progressThreshold is the input size from which a progress bar is shown.
 const progressThreshold = 8 << 20
 
-// progress wraps r in a progress bar on stderr when stderr is a terminal,
-// the input is large and not quiet. size is the input size or -1.
-func (u *ui) progress(r io.Reader, size int64, quiet bool, what string) (io.Reader, func()) {
+// progressBar returns a progress bar on stderr for an input of size bytes
+// (-1 if unknown), or nil when none is shown: when stderr is not a
+// terminal, the input is small or quiet is set.
+func (u *ui) progressBar(size int64, quiet bool, what string) *progressbar.ProgressBar {
 	if quiet || size < progressThreshold || !isTerminal(u.stderr) {
-		return r, func() {}
+		return nil
 	}
-	bar := progressbar.NewOptions64(size,
+	return progressbar.NewOptions64(size,
 		progressbar.OptionSetWriter(u.stderr),
 		progressbar.OptionSetDescription(what),
 		progressbar.OptionShowBytes(true),
@@ -112,6 +113,15 @@ func (u *ui) progress(r io.Reader, size int64, quiet bool, what string) (io.Read
 		progressbar.OptionThrottle(100_000_000),
 		progressbar.OptionClearOnFinish(),
 	)
+}
+
+// progress wraps r in a progress bar on stderr when stderr is a terminal,
+// the input is large and not quiet. size is the input size or -1.
+func (u *ui) progress(r io.Reader, size int64, quiet bool, what string) (io.Reader, func()) {
+	bar := u.progressBar(size, quiet, what)
+	if bar == nil {
+		return r, func() {}
+	}
 	pr := progressbar.NewReader(r, bar)
 	return &pr, func() { bar.Finish() }
 }
@@ -122,19 +132,10 @@ func (u *ui) progress(r io.Reader, size int64, quiet bool, what string) (io.Read
 // that ends the bar.
 func (u *ui) fileProgress(ctx context.Context, f *os.File, size int64, quiet bool, what string) (*fileSource, func()) {
 	src := &fileSource{f: f, ctx: ctx}
-	if quiet || size < progressThreshold || !isTerminal(u.stderr) {
+	bar := u.progressBar(size, quiet, what)
+	if bar == nil {
 		return src, func() {}
 	}
-	bar := progressbar.NewOptions64(size,
-		progressbar.OptionSetWriter(u.stderr),
-		progressbar.OptionSetDescription(what),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionShowTotalBytes(true),
-		progressbar.OptionUseIECUnits(true),
-		progressbar.OptionSetWidth(30),
-		progressbar.OptionThrottle(100_000_000),
-		progressbar.OptionClearOnFinish(),
-	)
 	src.add = func(n int) { bar.Add(n) } // safe for concurrent use
 	return src, func() { bar.Finish() }
 }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kpcrypt/kpcrypt/envelope/batch"
 )
 
 // walkTree makes, under dir, a tree "tree" with kpcrypt files tree/a.kpc
@@ -109,7 +111,7 @@ func TestWalkSkipsTemporaryFiles(t *testing.T) {
 // what it opened.
 func TestCollectFilesError(t *testing.T) {
 	dir := t.TempDir()
-	if _, _, err := collectFiles([]string{dir, filepath.Join(dir, "missing")}); err == nil {
+	if _, err := batch.Walk([]string{dir, filepath.Join(dir, "missing")}); err == nil {
 		t.Fatal("no error for a missing path")
 	}
 }

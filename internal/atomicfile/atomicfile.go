@@ -100,10 +100,7 @@ func IsTemp(name string) bool {
 // TempName returns a new random name for a temporary file beside a target
 // named base, of the form [IsTemp] recognises, for callers that create it
 // themselves (within an *os.Root, say).
-func TempName(base string) string { return tempName(base) }
-
-// tempName returns a new random temporary name for a target named base.
-func tempName(base string) string {
+func TempName(base string) string {
 	if len(base) > maxTmpBase {
 		base = base[:maxTmpBase]
 		// Drop a character cut in two.
@@ -117,6 +114,11 @@ func tempName(base string) string {
 	var r [tmpRandLen / 2]byte
 	rand.Read(r[:])
 	return "." + base + tmpInfix + hex.EncodeToString(r[:])
+}
+
+// existsError is the error of a target that exists where none may.
+func existsError(path string) error {
+	return fmt.Errorf("%s: %w (use --force to overwrite)", path, ErrExists)
 }
 
 // Create starts writing path atomically. The file is created with the
@@ -148,7 +150,7 @@ func create(path string, perm fs.FileMode, overwrite, through bool) (*File, erro
 			return nil, fmt.Errorf("%s is a directory: name a file in it", path)
 		}
 		if !overwrite {
-			return nil, fmt.Errorf("%s: %w (use --force to overwrite)", path, ErrExists)
+			return nil, existsError(path)
 		}
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			if err := checkPlantedLink(path, fi); err != nil {
@@ -204,7 +206,7 @@ func create(path string, perm fs.FileMode, overwrite, through bool) (*File, erro
 // where locks exist.
 func createNamed(dir, base string, perm fs.FileMode) (*os.File, string, error) {
 	for range 100 {
-		tmp := filepath.Join(dir, tempName(base))
+		tmp := filepath.Join(dir, TempName(base))
 		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
 		if errors.Is(err, fs.ErrExist) {
 			continue
@@ -281,7 +283,7 @@ func (f *File) commitNamed() error {
 	// since Create is never replaced.
 	err := os.Link(f.tmp, f.target)
 	if errors.Is(err, fs.ErrExist) {
-		err = fmt.Errorf("%s: %w (use --force to overwrite)", f.target, ErrExists)
+		err = existsError(f.target)
 	}
 	return err
 }
@@ -293,12 +295,12 @@ func (f *File) commitUnnamed() error {
 	if !f.overwrite {
 		err := linkUnnamed(f.File, f.target)
 		if errors.Is(err, fs.ErrExist) {
-			err = fmt.Errorf("%s: %w (use --force to overwrite)", f.target, ErrExists)
+			err = existsError(f.target)
 		}
 		return err
 	}
 	for range 100 {
-		tmp := filepath.Join(f.dir, tempName(filepath.Base(f.target)))
+		tmp := filepath.Join(f.dir, TempName(filepath.Base(f.target)))
 		err := linkUnnamed(f.File, tmp)
 		if errors.Is(err, fs.ErrExist) {
 			continue

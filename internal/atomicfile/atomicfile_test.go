@@ -120,7 +120,7 @@ func TestIsTemp(t *testing.T) {
 		".out.kpcrypt-tmp-0123456789abcdef":           true,
 		"dir/.f.kpc.kpcrypt-tmp-fedcba9876543210":     true,
 		"..kpcrypt-tmp-0123456789abcdef":              true,
-		tempName("report.pdf"):                        true,
+		TempName("report.pdf"):                        true,
 		"out.kpcrypt-tmp-0123456789abcdef":            false, // no leading dot
 		".out.kpcrypt-tmp-0123456789abcde":            false, // too short
 		".out.kpcrypt-tmp-0123456789abcdef0":          false, // too long
@@ -134,7 +134,7 @@ func TestIsTemp(t *testing.T) {
 		}
 	}
 	long := string(make([]byte, 300))
-	if n := len(tempName(long)); n > 255 {
+	if n := len(TempName(long)); n > 255 {
 		t.Errorf("temporary name of a 300-byte name has %d bytes", n)
 	}
 }

@@ -184,11 +184,10 @@ func (o *Opener) Open(ctx context.Context, uri string) (kms.KEK, error) {
 // crn may be a key CRN or an instance CRN ([ParseInstanceCRN]).
 func (o *Opener) Client(ctx context.Context, crn CRN) (*Client, error) {
 	var err error
-	fail := func(err error) (*Client, error) { return nil, err }
 	route := Route{BaseURL: o.Config.BaseURL}
 	if o.Route != nil {
 		if route, err = o.Route(crn); err != nil {
-			return fail(err)
+			return nil, err
 		}
 	}
 	iam := route.IAMURL
@@ -206,21 +205,21 @@ func (o *Opener) Client(ctx context.Context, crn CRN) (*Client, error) {
 	}
 	tokens, err := o.tokenSource(iam, hc)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	if route.BaseURL == "" && crn.Service == HPCS && route.Discover {
 		if route.BaseURL, err = o.discover(ctx, route.BrokerURL, crn, tokens, hc); err != nil {
-			return fail(err)
+			return nil, err
 		}
 	}
 	if route.BaseURL == "" {
 		if route.BaseURL, err = Endpoint(crn.Service, crn.Region, crn.InstanceID, o.Config.Private); err != nil {
-			return fail(err)
+			return nil, err
 		}
 	}
 	base, err := checkBaseURL(route.BaseURL)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	key := fmt.Sprintf("%s\x00%s\x00%p", base, crn.InstanceID, hc)
 	c, ok := o.clients[key]
@@ -229,7 +228,7 @@ func (o *Opener) Client(ctx context.Context, crn CRN) (*Client, error) {
 		cfg.InstanceID, cfg.Service, cfg.Region = crn.InstanceID, crn.Service, crn.Region
 		cfg.BaseURL, cfg.IAMURL, cfg.Token, cfg.HTTPClient = base.String(), iam, tokens, hc
 		if c, err = New(cfg); err != nil {
-			return fail(err)
+			return nil, err
 		}
 		if o.clients == nil {
 			o.clients = map[string]*Client{}

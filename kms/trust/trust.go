@@ -172,19 +172,11 @@ func Parse(data []byte) (*Config, error) {
 				return bad("instances[%d].key_ids[%d]: not a key ID or alias", i, j)
 			}
 		}
-		if in.Endpoint != "" {
-			if err := keyprotect.CheckBaseURL(in.Endpoint); err != nil {
-				return bad("instances[%d].endpoint: want https://HOST[:PORT] (http only on loopback)", i)
-			}
-		}
-		if in.IAMEndpoint != "" {
-			if err := keyprotect.CheckBaseURL(in.IAMEndpoint); err != nil {
-				return bad("instances[%d].iam_endpoint: want https://HOST[:PORT] (http only on loopback)", i)
-			}
-		}
-		if in.BrokerEndpoint != "" {
-			if err := keyprotect.CheckBaseURL(in.BrokerEndpoint); err != nil {
-				return bad("instances[%d].broker_endpoint: want https://HOST[:PORT] (http only on loopback)", i)
+		for _, ep := range []struct{ field, url string }{
+			{"endpoint", in.Endpoint}, {"iam_endpoint", in.IAMEndpoint}, {"broker_endpoint", in.BrokerEndpoint},
+		} {
+			if ep.url != "" && keyprotect.CheckBaseURL(ep.url) != nil {
+				return bad("instances[%d].%s: want https://HOST[:PORT] (http only on loopback)", i, ep.field)
 			}
 		}
 		if in.CAFile != "" && !filepath.IsAbs(in.CAFile) {
