@@ -5,9 +5,9 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
-	"hash"
 
 	"github.com/kpcrypt/kpcrypt/envelope/internal/format"
+	"github.com/kpcrypt/kpcrypt/internal/sha256pair"
 )
 
 // Labels of FORMAT.md §2.2 and §3.2.
@@ -27,24 +27,13 @@ func headerMAC(dek []byte, core *format.Core) ([format.MACSize]byte, error) {
 	}
 	// The HMACs run one after another: two SHA-256 digests, reset before
 	// each use, serve them all.
-	var ds [2]hash.Hash
-	n := 0
-	digest := func() hash.Hash {
-		d := &ds[n%2]
-		n++
-		if *d == nil {
-			*d = sha256.New()
-		} else {
-			(*d).Reset()
-		}
-		return *d
-	}
-	key, err := hkdf.Key(digest, dek, core.Stream.Salt[:], labelHeaderMAC, 32)
+	var ds sha256pair.Pair
+	key, err := hkdf.Key(ds.Next, dek, core.Stream.Salt[:], labelHeaderMAC, 32)
 	if err != nil {
 		return mac, err
 	}
 	defer clear(key)
-	h := hmac.New(digest, key)
+	h := hmac.New(ds.Next, key)
 	h.Write(b)
 	copy(mac[:], h.Sum(nil))
 	return mac, nil

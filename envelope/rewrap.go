@@ -300,8 +300,8 @@ func rewrapIn(ctx context.Context, f File, opts *RewrapOptions, grow grower) (*R
 		return res, nil
 	}
 	res.Sequence++
-	table := &format.SlotTable{Sequence: res.Sequence, Slots: slots}
-	if _, err := table.Marshal(h.Core.SlotTableSize); errors.Is(err, format.ErrSlotTableFull) && grow != nil {
+	enc, err := encodeTable(h, &format.SlotTable{Sequence: res.Sequence, Slots: slots})
+	if errors.Is(err, format.ErrSlotTableFull) && grow != nil {
 		res.Rewritten = true
 		if opts.DryRun {
 			return res, nil
@@ -318,7 +318,10 @@ func rewrapIn(ctx context.Context, f File, opts *RewrapOptions, grow grower) (*R
 	if opts.DryRun {
 		return res, nil
 	}
-	if err := writeTable(f, h, table); err != nil {
+	if err != nil {
+		return nil, err
+	}
+	if err := writeCopies(f, h, enc); err != nil {
 		return nil, err
 	}
 	return res, nil
@@ -597,13 +600,29 @@ func withLock(ctx context.Context, f *os.File, fn func() error) error {
 // writeTable writes t over the non-current copy, syncs, then over the other
 // copy, and syncs (FORMAT.md §3.3).
 func writeTable(f File, h *format.Header, t *format.SlotTable) error {
+	enc, err := encodeTable(h, t)
+	if err != nil {
+		return err
+	}
+	return writeCopies(f, h, enc)
+}
+
+// encodeTable encodes t at the size of h's tables; slots that do not fit
+// fail with [ErrSlotTableFull], saying what to do.
+func encodeTable(h *format.Header, t *format.SlotTable) ([]byte, error) {
 	enc, err := t.Marshal(h.Core.SlotTableSize)
 	if errors.Is(err, format.ErrSlotTableFull) {
-		return fmt.Errorf("envelope: %w; the file's slot tables are fixed at its encryption (a small file's hold its slots and room for their rotation only, see SmallFileSize): rewrap it with RewrapFile or RewrapPath (kpcrypt rewrap), which rewrite it whole with a larger table", err)
+		return nil, fmt.Errorf("envelope: %w; the file's slot tables are fixed at its encryption (a small file's hold its slots and room for their rotation only, see SmallFileSize): rewrap it with RewrapFile or RewrapPath (kpcrypt rewrap), which rewrite it whole with a larger table", err)
 	}
 	if err != nil {
-		return fmt.Errorf("envelope: %w", err)
+		return nil, fmt.Errorf("envelope: %w", err)
 	}
+	return enc, nil
+}
+
+// writeCopies writes the encoded table enc over the non-current copy of
+// h's file f, syncs, then over the other copy, and syncs.
+func writeCopies(f File, h *format.Header, enc []byte) error {
 	for _, copyIndex := range []int{1 - h.Active, h.Active} {
 		if _, err := f.WriteAt(enc, h.TableOffset(copyIndex)); err != nil {
 			return fmt.Errorf("envelope: writing slot table copy %d: %w", copyIndex, err)
@@ -918,11 +937,8 @@ func (rw *rewrapper) refresh(p *slotPlan, s format.Slot, kek kms.KEK) error {
 			if err != nil {
 				return kms.WrappedKey{}, err
 			}
-			w, err := kek.Wrap(rw.ctx, dek, aad)
-			if err != nil {
-				return kms.WrappedKey{}, fmt.Errorf("wrapping the data key: %w", err)
-			}
-			return w, nil
+			ns, err := wrapSlot(rw.ctx, rw.ins, kek, s.URI, dek, func(string) []byte { return aad }, s.AADRecipe)
+			return kms.WrappedKey{Ciphertext: ns.Wrapped, KeyVersion: ns.KeyVersion}, err
 		})
 		if err != nil {
 			return p.uncheckedIfNotHeld(s, err)

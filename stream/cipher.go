@@ -6,14 +6,14 @@ import (
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"runtime"
+
+	"github.com/kpcrypt/kpcrypt/internal/sha256pair"
 )
 
 // HKDF info labels. Each is followed by the header prefix (magic, version,
@@ -26,26 +26,6 @@ const (
 )
 
 const nonceSize = 12
-
-// digestPair hands out two SHA-256 digests in turn, each reset, for a
-// sequence of HMACs (each takes two, and is done with them before the next
-// starts), so that a key derivation allocates two digests rather than two
-// per HMAC.
-type digestPair struct {
-	d [2]hash.Hash
-	n int
-}
-
-func (p *digestPair) next() hash.Hash {
-	i := p.n % 2
-	p.n++
-	if p.d[i] == nil {
-		p.d[i] = sha256.New()
-	} else {
-		p.d[i].Reset()
-	}
-	return p.d[i]
-}
 
 type derivedKeys struct {
 	chunkKey   [32]byte
@@ -65,8 +45,8 @@ func deriveKeys(dek []byte, h *Header) (*derivedKeys, error) {
 	prefix := string(enc[:prefixSize])
 	// HKDF's HMACs run one after another: two SHA-256 digests, reset
 	// before each use, serve them all.
-	var ds digestPair
-	prk, err := hkdf.Extract(ds.next, dek, h.Salt[:])
+	var ds sha256pair.Pair
+	prk, err := hkdf.Extract(ds.Next, dek, h.Salt[:])
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +59,7 @@ func deriveKeys(dek []byte, h *Header) (*derivedKeys, error) {
 		{labelNonceBase, ks.nonceBase[:]},
 		{labelCommitment, ks.commitment[:]},
 	} {
-		k, err := hkdf.Expand(ds.next, prk, d.label+prefix, len(d.out))
+		k, err := hkdf.Expand(ds.Next, prk, d.label+prefix, len(d.out))
 		if err != nil {
 			return nil, err
 		}
