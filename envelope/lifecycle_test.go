@@ -472,6 +472,10 @@ func TestDroppedReaderAndWriter(t *testing.T) {
 		if pipelineGoroutines() == 0 {
 			t.Fatal("no pipeline goroutines while streaming")
 		}
+		// Until here r and w are in use: a collection before the count
+		// would stop their goroutines, as it should, and leave none to see.
+		runtime.KeepAlive(r)
+		runtime.KeepAlive(w)
 	}()
 	for range 100 {
 		runtime.GC()

@@ -466,6 +466,10 @@ func TestDroppedStreamsLetGoroutinesGo(t *testing.T) {
 		if n := streamGoroutines(); n == 0 {
 			t.Fatal("no pipeline goroutines while streaming")
 		}
+		// Until here w and r are in use: a collection before the count
+		// would stop their goroutines, as it should, and leave none to see.
+		runtime.KeepAlive(w)
+		runtime.KeepAlive(r)
 	}()
 	for range 100 {
 		runtime.GC()
